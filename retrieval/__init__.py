@@ -1,0 +1,1 @@
+"""What serves: datasets into the offline store, the Feast stores, and the `ttr` CLI."""

@@ -1,0 +1,245 @@
+"""Feature tables for the offline store, computed vectorized from a `Dataset`, written atomically.
+
+Time-varying tables are time series: a row per entity per active day, stamped at the end of that
+day (the next midnight, UTC), holding the state after all of that day's interactions. A training
+example at time t therefore sees only days that ended by t: no label leaks into its own features.
+Static tables (profile, content) are stamped at EPOCH_OFFSET before the first interaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retrieval.datasets import Dataset
+
+RECENT_ITEMS = 20  # length of the user's recent-items list
+POPULARITY_WINDOW_DAYS = 30
+DAY_US = 86_400_000_000
+TS = pa.timestamp("us", tz="UTC")  # DuckDB's offline store wants microseconds
+
+
+@dataclass(frozen=True)
+class Tables:
+    user_profile: pa.Table
+    user_activity: pa.Table
+    item_content: pa.Table
+    item_popularity: pa.Table
+    interactions: pa.Table
+    meta: dict
+
+
+def build(ds: Dataset) -> Tables:
+    """All offline tables for `ds`; activity features are computed from non-test rows only."""
+    inter = ds.interactions.sort_values(["user_id", "timestamp"], kind="stable").reset_index(
+        drop=True
+    )
+    feat = inter[inter["split"] != "test"].reset_index(drop=True)
+    us = _micros(inter["timestamp"])
+    start_us = _day_floor(int(us.min())) - DAY_US
+    end_us = _day_floor(int(us.max())) + DAY_US  # the last end-of-day stamp
+    genre_matrix = _genre_matrix(ds)
+    meta = {
+        "dataset": ds.name,
+        "genres": ds.genres,
+        "start": pd.Timestamp(start_us, unit="us", tz="UTC").isoformat(),
+        "end": pd.Timestamp(end_us, unit="us", tz="UTC").isoformat(),
+        "counts": {"users": len(ds.users), "items": len(ds.items), "interactions": len(inter)},
+        "recent_items": RECENT_ITEMS,
+    }
+    return Tables(
+        user_profile=_static(ds.users, start_us),
+        user_activity=user_activity(feat, genre_matrix),
+        item_content=_static(ds.items, start_us),
+        item_popularity=item_popularity(feat),
+        interactions=_interactions(inter),
+        meta=meta,
+    )
+
+
+def _day_floor(us: np.ndarray | int) -> np.ndarray | int:
+    return us - us % DAY_US
+
+
+def _ts(us: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(us, dtype=np.int64), type=pa.int64()).cast(TS)
+
+
+def _static(frame: pd.DataFrame, at_us: int) -> pa.Table:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    return table.append_column("event_timestamp", _ts(np.full(len(frame), at_us)))
+
+
+def _interactions(inter: pd.DataFrame) -> pa.Table:
+    table = pa.Table.from_pandas(
+        inter.rename(columns={"timestamp": "event_timestamp"}), preserve_index=False
+    )
+    return table.set_column(
+        table.schema.get_field_index("event_timestamp"),
+        "event_timestamp",
+        table["event_timestamp"].cast(TS),
+    )
+
+
+def _genre_matrix(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(item ids sorted, multi-hot genres per item in that order)."""
+    index = {g: i for i, g in enumerate(ds.genres)}
+    items = ds.items.sort_values("item_id")
+    hot = np.zeros((len(items), len(ds.genres)), dtype=np.float32)
+    rows = np.repeat(np.arange(len(items)), [len(g) for g in items["genres"]])
+    cols = [index[g] for gs in items["genres"] for g in gs]
+    hot[rows, cols] = 1.0
+    return items["item_id"].to_numpy(), hot
+
+
+def _day_groups(keys: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of each run of equal (key, day) in rows sorted by both."""
+    change = np.flatnonzero((np.diff(keys) != 0) | (np.diff(days) != 0)) + 1
+    starts = np.concatenate([[0], change])
+    return starts, np.append(change, len(keys))
+
+
+def user_activity(inter: pd.DataFrame, genres: tuple[np.ndarray, np.ndarray]) -> pa.Table:
+    """Cumulative count, mean rating, genre shares and recent items per user per active day."""
+    users = inter["user_id"].to_numpy()
+    us = _micros(inter["timestamp"])
+    starts, ends = _day_groups(users, _day_floor(us))
+    first = np.searchsorted(users, users[starts])  # the user's first row, per group
+    ratings = inter["rating"].to_numpy(dtype=np.float64)
+    mean = _ratio(
+        _range_sum(np.nan_to_num(ratings), first, ends), _range_sum(~np.isnan(ratings), first, ends)
+    )
+    item_ids, hot = genres
+    hot_rows = hot[np.searchsorted(item_ids, inter["item_id"].to_numpy())]  # (n, genres)
+    shares = _range_sum(hot_rows, first, ends)
+    shares = shares / np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
+    return pa.table(
+        {
+            "user_id": users[starts],
+            "event_timestamp": _ts(_day_floor(us[starts]) + DAY_US),
+            "interaction_count": (ends - first).astype(np.int64),
+            "mean_rating": pa.array(mean, mask=np.isnan(mean)),
+            "genre_shares": _lists(shares.astype(np.float32)),
+            "recent_items": _recent(inter["item_id"].to_numpy(), first, ends),
+        }
+    )
+
+
+def _range_sum(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """values[lo:hi].sum(axis=0) for each pair (lo, hi), through one prefix sum."""
+    values = np.asarray(values, dtype=np.float64)
+    prefix = np.concatenate([np.zeros((1, *values.shape[1:])), np.cumsum(values, axis=0)])
+    return prefix[hi] - prefix[lo]
+
+
+def _ratio(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """total / count as float32, NaN where count is 0."""
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
+
+
+def _micros(timestamps: pd.Series) -> np.ndarray:
+    return timestamps.dt.as_unit("us").astype("int64").to_numpy()
+
+
+def _lists(matrix: np.ndarray) -> pa.Array:
+    n, width = matrix.shape
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
+
+
+def _recent(items: np.ndarray, first: np.ndarray, ends: np.ndarray) -> pa.Array:
+    """The last RECENT_ITEMS items before each end, most recent first, within the user's rows."""
+    lengths = np.minimum(ends - first, RECENT_ITEMS)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    owner = np.repeat(np.arange(len(ends)), lengths)
+    rank = np.arange(offsets[-1]) - offsets[owner]  # 0 = most recent
+    return pa.ListArray.from_arrays(offsets, pa.array(items[ends[owner] - 1 - rank]))
+
+
+def item_popularity(inter: pd.DataFrame) -> pa.Table:
+    """Cumulative and trailing-window counts per item, at each active day and each window expiry."""
+    frame = pd.DataFrame(
+        {
+            "item_id": inter["item_id"].to_numpy(),
+            "day": _day_floor(_micros(inter["timestamp"])),
+            "rating": inter["rating"].to_numpy(dtype=np.float64),
+        }
+    )
+    daily = (
+        frame.groupby(["item_id", "day"], sort=True)
+        .agg(n=("rating", "size"), rated=("rating", "count"), total=("rating", "sum"))
+        .reset_index()
+    )
+    days = daily[["item_id", "day"]]
+    events = pd.concat([days, days.assign(day=days["day"] + POPULARITY_WINDOW_DAYS * DAY_US)])
+    events = events[events["day"] <= days["day"].max()]  # no rows past the end of the data
+    events = events.drop_duplicates().sort_values(["item_id", "day"]).reset_index(drop=True)
+    span = int(events["day"].max() // DAY_US) + 2  # encodes (item, day) as one sortable int
+    key = daily["item_id"].to_numpy() * span + daily["day"].to_numpy() // DAY_US
+    event_key = events["item_id"].to_numpy() * span + events["day"].to_numpy() // DAY_US
+    base = np.searchsorted(key, events["item_id"].to_numpy() * span)  # the item's first day
+    upto = np.searchsorted(key, event_key, side="right")  # days up to the event's day
+    before = np.maximum(
+        np.searchsorted(key, event_key - POPULARITY_WINDOW_DAYS, side="right"), base
+    )
+    n, rated, total = (daily[c].to_numpy() for c in ("n", "rated", "total"))
+    mean = _ratio(_range_sum(total, base, upto), _range_sum(rated, base, upto))
+    return pa.table(
+        {
+            "item_id": events["item_id"].to_numpy(),
+            "event_timestamp": _ts(events["day"].to_numpy() + DAY_US),
+            "item_count": _range_sum(n, base, upto).astype(np.int64),
+            "item_count_30d": _range_sum(n, before, upto).astype(np.int64),
+            "item_mean_rating": pa.array(mean, mask=np.isnan(mean)),
+        }
+    )
+
+
+TABLES = ("user_profile", "user_activity", "item_content", "item_popularity", "interactions")
+
+
+def write(tables: Tables, offline_dir: Path) -> list[Path]:
+    """Write every file under a temporary name, then rename all (dataset.json last): a failure
+    before the renames leaves the previous files as they were."""
+    offline_dir.mkdir(parents=True, exist_ok=True)
+    files = {f"{name}.parquet": getattr(tables, name) for name in TABLES}
+    files["dataset.json"] = json.dumps(tables.meta, indent=2)
+    staged: dict[str, Path] = {}
+    try:
+        for name, payload in files.items():
+            staged[name] = _stage(offline_dir, payload)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for name, tmp in staged.items():
+        os.replace(tmp, offline_dir / name)
+    return [offline_dir / name for name in staged]
+
+
+def _stage(folder: Path, payload: pa.Table | str) -> Path:
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".staging-")
+    os.close(fd)
+    path = Path(name)
+    try:
+        if isinstance(payload, str):
+            path.write_text(payload)
+        else:
+            pq.write_table(payload, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_meta(offline_dir: Path) -> dict:
+    """The dataset description `ttr data` wrote beside the tables."""
+    return json.loads((offline_dir / "dataset.json").read_text())

@@ -1,0 +1,218 @@
+"""The Feast stores behind the CLI: one repository, two online-store profiles, apply, materialize.
+
+The embedded default is the repository's `feature_store.yaml` (SQLite online, DuckDB over parquet
+offline, file registry). The Redis profile is the same repository with the online store swapped
+for Redis and a registry file of its own, so each profile keeps its own materialization history.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+import urllib.parse
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from retrieval.errors import TTRError
+
+ONLINE_STORE_ENV = "TTR_ONLINE_STORE"
+
+
+@dataclass(frozen=True)
+class Profile:
+    repo: Path  # the feature repository (holds feature_store.yaml)
+    online_store: str | None = None  # None: the yaml's default; else redis://HOST:PORT[/DB]
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.repo / "data" / "offline"
+
+
+def profile(repo: str | Path, online_store: str | None = None) -> Profile:
+    """Resolve the repository path and the online store (flag, else $TTR_ONLINE_STORE)."""
+    path = Path(repo).expanduser().resolve()
+    if not (path / "feature_store.yaml").is_file():
+        raise TTRError(f"no feature repository at {path} (feature_store.yaml not found)")
+    return Profile(path, online_store or os.environ.get(ONLINE_STORE_ENV) or None)
+
+
+def redis_settings(url: str) -> tuple[str, str]:
+    """(connection string for Feast, a file-name-safe tag) from redis://HOST:PORT[/DB]."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "redis" or not parsed.hostname:
+        raise TTRError(f"online store {url!r} is not of the form redis://HOST:PORT[/DB]")
+    try:
+        port = parsed.port or 6379
+    except ValueError as err:
+        raise TTRError(f"online store {url!r}: bad port") from err
+    db = parsed.path.strip("/") or "0"
+    if not db.isdigit():
+        raise TTRError(f"online store {url!r}: database {db!r} is not a number")
+    return f"{parsed.hostname}:{port},db={db}", f"redis-{parsed.hostname}-{port}-{db}"
+
+
+def repo_config(prof: Profile):  # noqa: ANN201 (feast.RepoConfig, imported lazily: feast is slow)
+    from feast.repo_config import RepoConfig
+
+    raw = yaml.safe_load((prof.repo / "feature_store.yaml").read_text())
+    if prof.online_store:
+        connection, tag = redis_settings(prof.online_store)
+        raw["online_store"] = {"type": "redis", "connection_string": connection}
+        raw["registry"] = {**raw["registry"], "path": f"data/registry-{tag}.db"}
+    config = RepoConfig(**raw)
+    config.repo_path = prof.repo
+    return config
+
+
+def open_store(prof: Profile):  # noqa: ANN201 (feast.FeatureStore)
+    """A FeatureStore for the profile; a Redis profile is pinged first, so an unreachable server
+    fails here, in one line, before anything is written."""
+    from feast import FeatureStore
+
+    if prof.online_store:
+        ping_redis(prof.online_store)
+    store = FeatureStore(repo_path=str(prof.repo), config=repo_config(prof))
+    # feast turns DeprecationWarning back on at import; its ibis calls then warn on every query
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="ibis")
+    return store
+
+
+def ping_redis(url: str, timeout: float = 2.0) -> None:
+    import redis
+
+    parsed = urllib.parse.urlparse(url)
+    redis_settings(url)
+    client = redis.Redis(
+        host=parsed.hostname,
+        port=parsed.port or 6379,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        raise TTRError(f"cannot reach the Redis online store at {url}: {err}") from err
+    finally:
+        client.close()
+
+
+def describe(prof: Profile) -> str:
+    """Where the profile's online store lives, for summaries."""
+    return prof.online_store or f"sqlite {prof.repo / 'data' / 'online_store.db'}"
+
+
+ENTITY_KEYS = {"user": "user_id", "item": "item_id"}
+
+
+def entity_features(prof: Profile, entity: str, entity_id: str) -> dict:
+    """Every online feature of one user or item, by view; an error if the store has none."""
+    from towers.features import online_rows
+
+    if entity not in ENTITY_KEYS:
+        raise TTRError(f"unknown entity {entity!r}; choose user or item")
+    try:
+        key_value = int(entity_id)
+    except ValueError as err:
+        raise TTRError(f"{entity} id {entity_id!r} is not an integer") from err
+    store = open_store(prof)
+    views = [v for v in store.list_feature_views() if ENTITY_KEYS[entity] in v.join_keys]
+    if not views:
+        raise TTRError(f"no {entity} feature views registered for {prof.repo}; run `ttr apply`")
+    refs = [f"{v.name}:{f.name}" for v in sorted(views, key=lambda v: v.name) for f in v.features]
+    (row,) = online_rows(store, refs, ENTITY_KEYS[entity], [key_value])
+    if all(value is None for name, value in row.items() if name != ENTITY_KEYS[entity]):
+        raise TTRError(f"{entity} {key_value} has no online features in {describe(prof)}")
+    return row
+
+
+def apply(prof: Profile) -> list[str]:
+    """Register the repository's declarations (feast apply, in process); returns the view names."""
+    from feast.repo_operations import apply_total_with_repo_instance
+
+    store = open_store(prof)
+    contents = declarations(prof.repo)
+    apply_total_with_repo_instance(
+        store, store.project, store.registry, contents, skip_source_validation=True
+    )
+    return sorted(v.name for v in contents.feature_views)
+
+
+def declarations(repo: Path):  # noqa: ANN201 (feast RepoContents)
+    """Import each .py of the repository under a name unique to its path (two repositories in one
+    process must not share a cached module, as `feast.repo_operations.parse_repo` would)."""
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+    from feast.repo_contents import RepoContents
+
+    found: dict[type, list] = {DataSource: [], Entity: [], FeatureView: [], FeatureService: []}
+    for path in sorted(repo.glob("*.py")):
+        for obj in vars(_import_file(path)).values():
+            for kind, objs in found.items():
+                if isinstance(obj, kind) and not any(obj is o for o in objs):
+                    objs.append(obj)
+    found[DataSource] += [
+        v.batch_source for v in found[FeatureView] if v.batch_source not in found[DataSource]
+    ]
+    return RepoContents(
+        projects=[],
+        data_sources=found[DataSource],
+        entities=found[Entity],
+        feature_views=found[FeatureView],
+        feature_services=found[FeatureService],
+        on_demand_feature_views=[],
+        stream_feature_views=[],
+        label_views=[],
+        permissions=[],
+    )
+
+
+def _import_file(path: Path):  # noqa: ANN202
+    name = f"_ttr_repo_{abs(hash(str(path)))}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        raise TTRError(f"cannot import {path}: {err}") from err
+    return module
+
+
+@dataclass(frozen=True)
+class Materialized:
+    view: str
+    start: datetime
+    end: datetime
+    rows: int  # entity rows written online
+    seconds: float
+
+
+def materialize(prof: Profile, incremental: bool = False) -> list[Materialized]:
+    """Every feature view over the whole time range of the data; with `incremental`, each
+    time-series view from its last run's end (inclusive, so the last day's rows are refreshed)."""
+    from retrieval.materialize import materialize_view
+    from retrieval.offline import read_meta
+
+    if not (prof.offline_dir / "dataset.json").is_file():
+        raise TTRError(f"no offline data in {prof.offline_dir}; run `ttr data` first")
+    meta = read_meta(prof.offline_dir)
+    start, end = datetime.fromisoformat(meta["start"]), datetime.fromisoformat(meta["end"])
+    store = open_store(prof)
+    views = store.list_feature_views()
+    if not views:
+        raise TTRError(f"no feature views registered for {prof.repo}; run `ttr apply` first")
+    done = []
+    for view in sorted(views, key=lambda v: v.name):
+        since = start
+        if incremental and view.tags.get("kind") != "static":  # static rows carry old stamps
+            since = min(view.most_recent_end_time or start, end)
+        with tqdm(desc=view.name, unit=" rows", leave=False) as bar:
+            began = time.perf_counter()
+            rows = materialize_view(store, view, since, end, progress=bar.update)
+        done.append(Materialized(view.name, since, end, rows, time.perf_counter() - began))
+    return done

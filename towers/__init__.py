@@ -1,0 +1,1 @@
+"""The models and how they learn; Feast is reached only through `towers.features`."""
