@@ -1,0 +1,86 @@
+"""Offline feature tables against brute force, and the all-or-nothing write."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from retrieval import offline
+from retrieval.synthetic import SyntheticConfig, generate
+
+DAY = pd.Timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def world():
+    ds = generate(SyntheticConfig(users=60, items=40, interactions=3_000, groups=4, days=90))
+    return ds, offline.build(ds)
+
+
+def test_activity_rows_hold_the_state_at_the_end_of_each_day(world):
+    ds, tables = world
+    activity = tables.user_activity.to_pandas()
+    inter = ds.interactions
+    genres = ds.items.set_index("item_id")["genres"]
+    for row in activity.sample(40, random_state=0).itertuples():
+        seen = inter[(inter["user_id"] == row.user_id) & (inter["timestamp"] < row.event_timestamp)]
+        seen = seen.sort_values("timestamp", kind="stable")
+        assert row.event_timestamp == row.event_timestamp.floor("D")
+        assert row.interaction_count == len(seen)
+        assert np.isclose(row.mean_rating, seen["rating"].mean())
+        assert list(row.recent_items) == seen["item_id"].tolist()[::-1][: offline.RECENT_ITEMS]
+        counts = pd.Series([g for i in seen["item_id"] for g in genres[i]]).value_counts()
+        shares = counts.reindex(ds.genres, fill_value=0) / counts.sum()
+        assert np.allclose(row.genre_shares, shares.to_numpy(), atol=1e-6)
+
+
+def test_popularity_windows_match_brute_force(world):
+    ds, tables = world
+    pop = tables.item_popularity.to_pandas()
+    inter = ds.interactions
+    window = offline.POPULARITY_WINDOW_DAYS * DAY
+    for row in pop.sample(60, random_state=1).itertuples():
+        mine = inter[(inter["item_id"] == row.item_id) & (inter["timestamp"] < row.event_timestamp)]
+        assert row.item_count == len(mine)
+        assert row.item_count_30d == (mine["timestamp"] >= row.event_timestamp - window).sum()
+    last = pop.sort_values("event_timestamp").groupby("item_id").tail(1)
+    assert last["event_timestamp"].max() <= pd.Timestamp(tables.meta["end"])
+
+
+def test_every_stamp_lies_in_the_materialized_range(world):
+    _, tables = world
+    start, end = pd.Timestamp(tables.meta["start"]), pd.Timestamp(tables.meta["end"])
+    for name in ("user_profile", "user_activity", "item_content", "item_popularity"):
+        stamps = getattr(tables, name)["event_timestamp"].to_pandas()
+        assert stamps.min() >= start and stamps.max() <= end, name
+
+
+def test_test_split_never_feeds_features():
+    ds = generate(SyntheticConfig(users=30, items=20, interactions=600, groups=2))
+    ds.interactions["split"] = np.where(np.arange(600) % 5 == 0, "test", "train")
+    tables = offline.build(ds)
+    last = tables.user_activity.to_pandas().groupby("user_id")["interaction_count"].max()
+    train = ds.interactions[ds.interactions["split"] == "train"].groupby("user_id").size()
+    pd.testing.assert_series_equal(last, train, check_names=False)
+
+
+def test_a_failed_write_leaves_the_previous_files(world, tmp_path, monkeypatch):
+    ds, tables = world
+    offline.write(tables, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    calls = []
+
+    def failing_write(table, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original(table, path)
+
+    original = pq.write_table
+    monkeypatch.setattr(pq, "write_table", failing_write)
+    smaller = offline.build(generate(SyntheticConfig(users=5, items=5, interactions=50, groups=1)))
+    with pytest.raises(OSError, match="disk full"):
+        offline.write(smaller, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no stray temp files
