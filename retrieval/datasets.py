@@ -106,8 +106,10 @@ def ensure_present(name: str, data_dir: Path) -> None:
     if not missing:
         return
     if os.environ.get("TTR_OFFLINE"):
-        raise TTRError(f"{name}: missing {', '.join(missing)} in {data_dir} (TTR_OFFLINE is set: "
-                       "no download); pass --data-dir or set TTR_DATA_DIR")
+        raise TTRError(
+            f"{name}: missing {', '.join(missing)} in {data_dir} (TTR_OFFLINE is set: "
+            "no download); pass --data-dir or set TTR_DATA_DIR"
+        )
     try:
         download(ARCHIVES[name], data_dir)
     except (urllib.error.URLError, OSError, TimeoutError) as err:

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
+import numpy as np
 import pyarrow as pa
 from feast import FeatureStore, FeatureView
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import extract_text_and_num
+from feast.infra.online_stores.sqlite import _table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList, Value
 from feast.types import Array, Bool, Float32, Float64, Int64, String
+from feast.utils import to_naive_utc
 
 from retrieval.errors import TTRError
 
@@ -79,26 +85,65 @@ def write_rows(
     table: pa.Table,
     progress: Callable[[int], object] | None = None,
 ) -> None:
-    """Convert `table` (join key, features, timestamp) to protos and write it online in chunks."""
-    provider = store._get_provider()
+    """Convert `table` (join key, features, timestamp) to protos and write it online in chunks,
+    in the order of the stored keys so that a B-tree store appends instead of seeking."""
     (join_key,) = view.join_keys
+    table = table.take(
+        np.argsort(table[join_key].to_numpy().astype("<u8").byteswap(), kind="stable")
+    )
+    write = _sqlite_writer(store, view) or partial(
+        store._get_provider().online_write_batch, store.config, view, progress=None
+    )
     ts_field = view.batch_source.timestamp_field
     for offset in range(0, table.num_rows, CHUNK):
         chunk = table.slice(offset, CHUNK)
         values = {f.name: column_protos(chunk[f.name], f.dtype) for f in view.features}
         names = list(values)
-        rows = [
-            (key, dict(zip(names, cells, strict=True)), ts, None)
-            for key, ts, *cells in zip(
-                entity_keys(chunk[join_key], join_key),
-                chunk[ts_field].to_pylist(),
-                *values.values(),
-                strict=True,
-            )
-        ]
-        provider.online_write_batch(store.config, view, rows, progress=None)
+        keys = entity_keys(chunk[join_key], join_key)
+        stamps = chunk[ts_field].to_pylist()
+        cells = zip(*values.values(), strict=True)
+        write(
+            [
+                (k, dict(zip(names, c, strict=True)), t, None)
+                for k, t, c in zip(keys, stamps, cells, strict=True)
+            ]
+        )
         if progress:
-            progress(len(rows))
+            progress(chunk.num_rows)
+
+
+def _sqlite_writer(store: FeatureStore, view: FeatureView) -> Callable[[list], None] | None:
+    """A bulk writer for Feast's SQLite table layout (one `executemany` per chunk where Feast runs
+    one `execute` per value), or None where the store or its options differ from that layout."""
+    config = store.config
+    online = config.online_store
+    if online.type != "sqlite" or online.vector_enabled:
+        return None
+    if getattr(online, "enable_openai_compatible_store", False):
+        return None
+    conn = store._get_provider().online_store._get_conn(config)
+    table = _table_id(config.project, view, config.registry.enable_online_feature_view_versioning)
+    columns = "entity_key, feature_name, value, value_text, event_ts, created_ts"
+    sql = (
+        f'INSERT INTO "{table}" ({columns}) VALUES (?, ?, ?, ?, ?, ?) '
+        "ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+        "value = excluded.value, value_text = excluded.value_text, "
+        "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+    )
+    version = config.entity_key_serialization_version
+
+    def write(rows: list) -> None:
+        params = [
+            (key_bin, name, value.SerializeToString(), extract_text_and_num(value, False)[0],
+             to_naive_utc(ts), None)
+            for key, values, ts, _ in rows
+            for key_bin in (serialize_entity_key(key, version),)
+            for name, value in values.items()
+        ]  # fmt: skip
+        with conn:
+            conn.executemany(sql, params)
+
+    return write
 
 
 def materialize_view(

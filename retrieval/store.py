@@ -206,6 +206,10 @@ def materialize(prof: Profile, incremental: bool = False) -> list[Materialized]:
     views = store.list_feature_views()
     if not views:
         raise TTRError(f"no feature views registered for {prof.repo}; run `ttr apply` first")
+    store._get_provider().update_infra(  # idempotent: recreates tables of a deleted online store
+        store.project, tables_to_delete=[], tables_to_keep=views, entities_to_delete=[],
+        entities_to_keep=store.list_entities(), partial=True,
+    )  # fmt: skip
     done = []
     for view in sorted(views, key=lambda v: v.name):
         since = start

@@ -9,7 +9,13 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+
+from retrieval import store
+from towers.features import online_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -74,6 +80,60 @@ def redis_url() -> str:
 
 def unique_project() -> str:
     return f"ttr_test_{uuid.uuid4().hex[:10]}"
+
+
+VIEWS = {
+    "user_profile": "user_id",
+    "user_activity": "user_id",
+    "item_content": "item_id",
+    "item_popularity": "item_id",
+}
+
+
+def latest_offline(prof: store.Profile, view: str) -> pd.DataFrame:
+    frame = pq.read_table(prof.offline_dir / f"{view}.parquet").to_pandas()
+    key = VIEWS[view]
+    return frame.sort_values([key, "event_timestamp"]).groupby(key).tail(1).set_index(key)
+
+
+def online_snapshot(prof: store.Profile) -> dict[str, pd.DataFrame]:
+    """Every online feature of every user and item, one frame per view."""
+    feast_store = store.open_store(prof)
+    snapshot = {}
+    for view, key in VIEWS.items():
+        ids = latest_offline(prof, view).index.tolist()
+        refs = [f"{view}:{f.name}" for f in feast_store.get_feature_view(view).features]
+        snapshot[view] = pd.DataFrame(online_rows(feast_store, refs, key, ids)).set_index(key)
+    return snapshot
+
+
+def same(a: object, b: object) -> bool:
+    """Parquet value vs online value: null ~ None, lists elementwise, floats as float32."""
+    if isinstance(a, (list, np.ndarray)):
+        return (
+            b is not None
+            and len(a) == len(b)
+            and all(same(x, y) for x, y in zip(a, b, strict=True))
+        )
+    if a is None or a is pd.NA or (isinstance(a, float) and np.isnan(a)):
+        return b is None or (isinstance(b, float) and np.isnan(b))
+    if isinstance(a, (float, np.floating)):
+        return b is not None and np.float32(a) == np.float32(b)
+    return a == b
+
+
+def assert_online_equals_offline(prof: store.Profile) -> None:
+    snapshot = online_snapshot(prof)
+    for view, online in snapshot.items():
+        offline = latest_offline(prof, view)
+        assert len(online) == len(offline) > 0
+        for column in online.columns:
+            mismatched = [
+                k for k in offline.index if not same(offline.at[k, column], online.at[k, column])
+            ]
+            assert not mismatched, (
+                f"{view}.{column}: {len(mismatched)} entities differ, e.g. {mismatched[:3]}"
+            )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

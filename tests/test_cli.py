@@ -155,3 +155,10 @@ def test_installed_command_speaks_one_line(repo):
     done = subprocess.run([ttr, "data", "--dataset", "nope", "--repo", str(repo)],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_materialize_recreates_a_deleted_online_store(stored, capsys):
+    (stored / "data" / "online_store.db").unlink()
+    assert run(["materialize", "--repo", str(stored)]) == 0
+    assert run(["features", "item", "1", "--repo", str(stored)]) == 0
+    assert '"title": "Toy Story (1995)"' in capsys.readouterr().out
