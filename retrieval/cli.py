@@ -13,10 +13,15 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from typing import TypeVar
+
+from tqdm import tqdm
 
 from retrieval.errors import TTRError
+from retrieval.offline import FeatureConfig
 from retrieval.synthetic import SyntheticConfig
 
+T = TypeVar("T")
 CHECKOUT_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
 
 
@@ -34,12 +39,14 @@ def cmd_data(args: argparse.Namespace) -> None:
     from retrieval.synthetic import generate
 
     prof = store.profile(args.repo)
+    features = _config_from(FeatureConfig, args)
     began = time.perf_counter()
     if args.dataset == "synthetic":
         ds = generate(_config_from(SyntheticConfig, args))
     else:
         ds = datasets.load(args.dataset, Path(args.data_dir) if args.data_dir else None)
-    tables = offline.build(ds)
+    with tqdm(total=len(offline.TABLES), desc="feature tables", unit=" tables") as bar:
+        tables = offline.build(ds, features, lambda name: (bar.set_postfix_str(name), bar.update()))
     offline.write(tables, prof.offline_dir)
     counts = tables.meta["counts"]
     print(
@@ -107,7 +114,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         _dispatch(build_parser().parse_args([*step, "--repo", str(args.repo)]))
 
 
-def _config_from(cls: type, args: argparse.Namespace):  # noqa: ANN202
+def _config_from(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
@@ -150,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir", default=None, help="raw files (default: $TTR_DATA_DIR/NAME, else a cache)"
     )
+    _add_config_flags(p, FeatureConfig, "features")
     _add_config_flags(p, SyntheticConfig, "synthetic dataset")
     _common(p, online=False)
     p.set_defaults(func=cmd_data)
@@ -192,7 +200,7 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ttr: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 (the last line of defence: one line, not a traceback)
+    except Exception as err:  # the last line of defence: one line, not a traceback
         if os.environ.get("TTR_DEBUG"):
             traceback.print_exc()
         print(

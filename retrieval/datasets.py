@@ -17,10 +17,12 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.client import HTTPResponse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from retrieval.errors import TTRError
 
@@ -133,9 +135,8 @@ def missing_files(name: str, data_dir: Path) -> list[str]:
 def download(archive: Archive, data_dir: Path) -> None:
     """Fetch `archive` from GroupLens, verify its MD5, and extract it flat into `data_dir`."""
     url = f"{GROUPLENS}/{archive.zip_name}"
-    print(f"downloading {url}")
     with urllib.request.urlopen(url, timeout=60) as response:
-        payload = response.read()
+        payload = _read_with_progress(response, archive.zip_name)
     expected = archive.md5 or published_md5(url)
     actual = hashlib.md5(payload).hexdigest()
     if actual != expected:
@@ -146,6 +147,16 @@ def download(archive: Archive, data_dir: Path) -> None:
             if not member.is_dir():
                 target = data_dir / Path(member.filename).name
                 target.write_bytes(zf.read(member))
+
+
+def _read_with_progress(response: HTTPResponse, name: str) -> bytes:
+    size = int(response.headers.get("Content-Length") or 0) or None
+    chunks = []
+    with tqdm(total=size, desc=f"downloading {name}", unit="B", unit_scale=True) as bar:
+        while chunk := response.read(1 << 20):
+            chunks.append(chunk)
+            bar.update(len(chunk))
+    return b"".join(chunks)
 
 
 def published_md5(url: str) -> str:
@@ -173,15 +184,26 @@ def _read(path: Path, sep: str, names: list[str], **kwargs) -> pd.DataFrame:
     return frame
 
 
-def _ints(frame: pd.DataFrame, columns: list[str], path: Path) -> pd.DataFrame:
+def _table(path: Path, sep: str, names: list[str], ints: list[str], **kwargs) -> pd.DataFrame:
+    """`_read`, then the `ints` columns checked and cast to int64."""
+    return _ints(_read(path, sep, names, **kwargs), ints, path, 1 + kwargs.get("skiprows", 0))
+
+
+def _ints(frame: pd.DataFrame, columns: list[str], path: Path, first_line: int) -> pd.DataFrame:
     for col in columns:
         values = pd.to_numeric(frame[col], errors="coerce")
-        bad = values.isna() | (values != values.round())
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0]) + 1
-            raise TTRError(f"malformed row {row} in {path}: {col}={frame[col].iloc[row - 1]!r}")
+        _reject(values.isna() | (values != values.round()), frame[col], path, first_line)
         frame[col] = values.astype("int64")
     return frame
+
+
+def _reject(bad: pd.Series, column: pd.Series, path: Path, first_line: int) -> None:
+    """An error naming the file, line, column and value of the first bad cell, if any."""
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TTRError(
+            f"malformed line {first_line + i} in {path}: {column.name}={column.iloc[i]!r}"
+        )
 
 
 def _year(titles: pd.Series) -> pd.Series:
@@ -226,25 +248,13 @@ def load_ml100k(data_dir: Path) -> Dataset:
         if (data_dir / "u.genre").is_file()
         else ML100K_GENRES
     )
-    path = data_dir / "u.data"
-    inter = _ints(
-        _read(path, "\t", ["user_id", "item_id", "rating", "ts"]),
-        ["user_id", "item_id", "rating", "ts"],
-        path,
-    )
-    path = data_dir / "u.user"
-    users = _ints(
-        _read(path, "|", ["user_id", "age", "gender", "occupation", "zip"], dtype=str),
-        ["user_id", "age"],
-        path,
-    )
-    path = data_dir / "u.item"
-    cols = ["item_id", "title", "release", "video", "url", *genres]
-    items = _ints(_read(path, "|", cols, encoding="latin-1", dtype=str), ["item_id", *genres], path)
-    return _movielens("ml-100k", data_dir, inter, users, items, genres)
-
-
-def _movielens(name, data_dir, inter, users, items, genres) -> Dataset:  # noqa: ANN001
+    columns = ["user_id", "item_id", "rating", "ts"]
+    inter = _table(data_dir / "u.data", "\t", columns, ints=columns)
+    columns = ["user_id", "age", "gender", "occupation", "zip"]
+    users = _table(data_dir / "u.user", "|", columns, ints=["user_id", "age"], dtype=str)
+    columns = ["item_id", "title", "release", "video", "url", *genres]
+    items = _table(data_dir / "u.item", "|", columns, ints=["item_id", *genres],
+                   encoding="latin-1", dtype=str)  # fmt: skip
     flags = items[genres].to_numpy(dtype=bool)
     out_items = pd.DataFrame(
         {
@@ -254,10 +264,18 @@ def _movielens(name, data_dir, inter, users, items, genres) -> Dataset:  # noqa:
             "year": _year(items["title"].fillna("")),
         }
     )
-    return _finish(name, data_dir, inter, users, out_items, genres)
+    return _finish("ml-100k", data_dir, inter, users, out_items, genres)
 
 
-def _finish(name, data_dir, inter, users, items, genres) -> Dataset:  # noqa: ANN001
+def _finish(
+    name: str,
+    data_dir: Path,
+    inter: pd.DataFrame,
+    users: pd.DataFrame,
+    items: pd.DataFrame,
+    genres: list[str],
+) -> Dataset:
+    """The canonical frames, with plots and posters found beside the files, references checked."""
     items = items.assign(plot=_plots(items, data_dir), has_poster=_posters(items, data_dir))
     users = users.reindex(columns=["user_id", "age", "gender", "occupation", "zip"])
     users = pd.DataFrame(
@@ -283,19 +301,12 @@ def _finish(name, data_dir, inter, users, items, genres) -> Dataset:  # noqa: AN
 
 
 def load_ml1m(data_dir: Path) -> Dataset:
-    path = data_dir / "users.dat"
-    users = _ints(
-        _read(path, "::", ["user_id", "gender", "age", "occ", "zip"], dtype=str),
-        ["user_id", "age", "occ"],
-        path,
-    )
+    columns = ["user_id", "gender", "age", "occ", "zip"]
+    users = _table(data_dir / "users.dat", "::", columns, ints=["user_id", "age", "occ"], dtype=str)
     users["occupation"] = users["occ"].map(dict(enumerate(ML1M_OCCUPATIONS)))
-    path = data_dir / "movies.dat"
-    movies = _ints(
-        _read(path, "::", ["item_id", "title", "genres"], encoding="latin-1", dtype=str),
-        ["item_id"],
-        path,
-    )
+    columns = ["item_id", "title", "genres"]
+    movies = _table(data_dir / "movies.dat", "::", columns, ints=["item_id"],
+                    encoding="latin-1", dtype=str)  # fmt: skip
     genres = sorted({g for gs in movies["genres"].fillna("") for g in gs.split("|") if g})
     items = pd.DataFrame(
         {
@@ -311,31 +322,27 @@ def load_ml1m(data_dir: Path) -> Dataset:
 def _ml1m_interactions(data_dir: Path) -> pd.DataFrame:
     path = data_dir / "ratings.dat"
     if path.is_file():
-        return _ints(
-            _read(path, "::", ["user_id", "item_id", "rating", "ts"]),
-            ["user_id", "item_id", "rating", "ts"],
-            path,
-        )
+        columns = ["user_id", "item_id", "rating", "ts"]
+        return _table(path, "::", columns, ints=columns)
     path = data_dir / "interactions.tsv"
-    inter = _read(path, "\t", ["user_id", "item_id", "split"], skiprows=1, dtype=str)
-    inter = _ints(inter, ["user_id", "item_id"], path)
-    bad = ~inter["split"].isin(["train", "test"])
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-        raise TTRError(f"malformed row {row} in {path}: split={inter['split'].iloc[row - 2]!r}")
+    columns = ["user_id", "item_id", "split"]
+    inter = _table(path, "\t", columns, ints=["user_id", "item_id"], skiprows=1, dtype=str)
+    _reject(~inter["split"].isin(["train", "test"]), inter["split"], path, 2)
     return inter.assign(timestamp=ML1M_FIXED_TIME.as_unit("us"))
 
 
 def load_ml_latest(data_dir: Path) -> Dataset:
     path = data_dir / "ratings.csv"
-    inter = _read(path, ",", ["user_id", "item_id", "rating", "ts"], skiprows=1)
-    inter = _ints(inter, ["user_id", "item_id", "ts"], path)
-    inter["rating"] = pd.to_numeric(inter["rating"], errors="raise")
+    columns = ["user_id", "item_id", "rating", "ts"]
+    inter = _table(path, ",", columns, ints=["user_id", "item_id", "ts"], skiprows=1)
+    rating = pd.to_numeric(inter["rating"], errors="coerce")
+    _reject(rating.isna(), inter["rating"], path, 2)
+    inter["rating"] = rating
     path = data_dir / "movies.csv"
     movies = pd.read_csv(path, dtype={"title": "string", "genres": "string"})
     if list(movies.columns[:3]) != ["movieId", "title", "genres"]:
         raise TTRError(f"malformed header in {path}: expected movieId,title,genres")
-    movies = _ints(movies.rename(columns={"movieId": "item_id"}), ["item_id"], path)
+    movies = _ints(movies.rename(columns={"movieId": "item_id"}), ["item_id"], path, 2)
     split = (
         movies["genres"]
         .fillna("")

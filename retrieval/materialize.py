@@ -21,7 +21,7 @@ from feast.infra.online_stores.helpers import extract_text_and_num
 from feast.infra.online_stores.sqlite import _table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList, Value
-from feast.types import Array, Bool, Float32, Float64, Int64, String
+from feast.types import Array, Bool, FeastType, Float32, Float64, Int64, String
 from feast.utils import to_naive_utc
 
 from retrieval.errors import TTRError
@@ -42,7 +42,7 @@ LISTS = {
 EMPTY = Value()
 
 
-def _proto_maker(dtype) -> Callable[[object], Value]:  # noqa: ANN001 (a feast type)
+def _proto_maker(dtype: FeastType) -> Callable[[object], Value]:
     if isinstance(dtype, Array):
         field, wrapper = LISTS[dtype.base_type]
         return lambda v: Value(**{field: wrapper(val=v)})
@@ -50,7 +50,7 @@ def _proto_maker(dtype) -> Callable[[object], Value]:  # noqa: ANN001 (a feast t
     return lambda v: Value(**{field: v})
 
 
-def column_protos(column: pa.ChunkedArray, dtype) -> list[Value]:  # noqa: ANN001
+def column_protos(column: pa.ChunkedArray, dtype: FeastType) -> list[Value]:
     """One Value proto per cell; a null cell is the empty Value, as Feast stores it."""
     make = _proto_maker(dtype)
     return [EMPTY if v is None else make(v) for v in column.to_pylist()]

@@ -1,8 +1,9 @@
 """Feature tables for the offline store, computed vectorized from a `Dataset`, written atomically.
 
-Time-varying tables are time series: a row per entity per active day, stamped at the end of that
-day (the next midnight, UTC), holding the state after all of that day's interactions. A training
-example at time t therefore sees only days that ended by t: no label leaks into its own features.
+Time-varying tables are time series: a row per entity per active day (user activity: per active
+day or hour, `FeatureConfig.activity_bucket`), stamped at the end of that day or hour (UTC),
+holding the state after all of its interactions. A training example at time t therefore sees only
+buckets that ended by t: no label leaks into its own features.
 Static tables (profile, content) are stamped at EPOCH_OFFSET before the first interaction.
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -20,10 +23,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrieval.datasets import Dataset
+from retrieval.errors import TTRError
 
 RECENT_ITEMS = 20  # length of the user's recent-items list
 POPULARITY_WINDOW_DAYS = 30
 DAY_US = 86_400_000_000
+BUCKETS = {"day": DAY_US, "hour": DAY_US // 24}
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    activity_bucket: Literal["day", "hour"] = "day"  # one user_activity row per active bucket
+
+    def __post_init__(self) -> None:
+        if self.activity_bucket not in BUCKETS:
+            raise TTRError(f"activity bucket {self.activity_bucket!r}: choose day or hour")
+
+
 TS = pa.timestamp("us", tz="UTC")  # DuckDB's offline store wants microseconds
 
 
@@ -37,8 +53,12 @@ class Tables:
     meta: dict
 
 
-def build(ds: Dataset) -> Tables:
-    """All offline tables for `ds`; activity features are computed from non-test rows only."""
+def build(
+    ds: Dataset, cfg: FeatureConfig | None = None, done: Callable[[str], object] | None = None
+) -> Tables:
+    """All offline tables for `ds`, calling `done(name)` as each is ready; activity features are
+    computed from non-test rows only."""
+    cfg = cfg or FeatureConfig()
     inter = ds.interactions.sort_values(["user_id", "timestamp"], kind="stable").reset_index(
         drop=True
     )
@@ -54,19 +74,25 @@ def build(ds: Dataset) -> Tables:
         "end": pd.Timestamp(end_us, unit="us", tz="UTC").isoformat(),
         "counts": {"users": len(ds.users), "items": len(ds.items), "interactions": len(inter)},
         "recent_items": RECENT_ITEMS,
+        "activity_bucket": cfg.activity_bucket,
     }
-    return Tables(
-        user_profile=_static(ds.users, start_us),
-        user_activity=user_activity(feat, genre_matrix),
-        item_content=_static(ds.items, start_us),
-        item_popularity=item_popularity(feat),
-        interactions=_interactions(inter),
-        meta=meta,
-    )
+    makers = {
+        "user_profile": lambda: _static(ds.users, start_us),
+        "user_activity": lambda: user_activity(feat, genre_matrix, BUCKETS[cfg.activity_bucket]),
+        "item_content": lambda: _static(ds.items, start_us),
+        "item_popularity": lambda: item_popularity(feat),
+        "interactions": lambda: _interactions(inter),
+    }
+    tables = {}
+    for name, make in makers.items():
+        tables[name] = make()
+        if done:
+            done(name)
+    return Tables(**tables, meta=meta)
 
 
-def _day_floor(us: np.ndarray | int) -> np.ndarray | int:
-    return us - us % DAY_US
+def _day_floor(us: np.ndarray | int, unit: int = DAY_US) -> np.ndarray | int:
+    return us - us % unit
 
 
 def _ts(us: np.ndarray) -> pa.Array:
@@ -100,18 +126,21 @@ def _genre_matrix(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return items["item_id"].to_numpy(), hot
 
 
-def _day_groups(keys: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive) of each run of equal (key, day) in rows sorted by both."""
-    change = np.flatnonzero((np.diff(keys) != 0) | (np.diff(days) != 0)) + 1
+def _runs(keys: np.ndarray, buckets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) of each run of equal (key, bucket) in rows sorted by both."""
+    change = np.flatnonzero((np.diff(keys) != 0) | (np.diff(buckets) != 0)) + 1
     starts = np.concatenate([[0], change])
     return starts, np.append(change, len(keys))
 
 
-def user_activity(inter: pd.DataFrame, genres: tuple[np.ndarray, np.ndarray]) -> pa.Table:
-    """Cumulative count, mean rating, genre shares and recent items per user per active day."""
+def user_activity(
+    inter: pd.DataFrame, genres: tuple[np.ndarray, np.ndarray], bucket_us: int = DAY_US
+) -> pa.Table:
+    """Cumulative count, mean rating, genre shares and recent items per user per active bucket
+    (a day or an hour), stamped at the bucket's end."""
     users = inter["user_id"].to_numpy()
     us = _micros(inter["timestamp"])
-    starts, ends = _day_groups(users, _day_floor(us))
+    starts, ends = _runs(users, _day_floor(us, bucket_us))
     first = np.searchsorted(users, users[starts])  # the user's first row, per group
     ratings = inter["rating"].to_numpy(dtype=np.float64)
     mean = _ratio(
@@ -124,7 +153,7 @@ def user_activity(inter: pd.DataFrame, genres: tuple[np.ndarray, np.ndarray]) ->
     return pa.table(
         {
             "user_id": users[starts],
-            "event_timestamp": _ts(_day_floor(us[starts]) + DAY_US),
+            "event_timestamp": _ts(_day_floor(us[starts], bucket_us) + bucket_us),
             "interaction_count": (ends - first).astype(np.int64),
             "mean_rating": pa.array(mean, mask=np.isnan(mean)),
             "genre_shares": _lists(shares.astype(np.float32)),

@@ -15,11 +15,17 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import yaml
 from tqdm import tqdm
 
 from retrieval.errors import TTRError
+
+if TYPE_CHECKING:  # feast costs seconds to import: commands that need it import it late
+    from feast import FeatureStore, RepoConfig
+    from feast.repo_contents import RepoContents
 
 ONLINE_STORE_ENV = "TTR_ONLINE_STORE"
 
@@ -57,20 +63,23 @@ def redis_settings(url: str) -> tuple[str, str]:
     return f"{parsed.hostname}:{port},db={db}", f"redis-{parsed.hostname}-{port}-{db}"
 
 
-def repo_config(prof: Profile):  # noqa: ANN201 (feast.RepoConfig, imported lazily: feast is slow)
+def repo_config(prof: Profile) -> RepoConfig:
     from feast.repo_config import RepoConfig
 
     raw = yaml.safe_load((prof.repo / "feature_store.yaml").read_text())
     if prof.online_store:
         connection, tag = redis_settings(prof.online_store)
-        raw["online_store"] = {"type": "redis", "connection_string": connection}
+        # skip_dedup: write what the offline store holds, as SQLite's upsert does; with Feast's
+        # default a row older than the online one is dropped, so replacing a dataset by one with
+        # older timestamps would leave the old values online
+        raw["online_store"] = {"type": "redis", "connection_string": connection, "skip_dedup": True}
         raw["registry"] = {**raw["registry"], "path": f"data/registry-{tag}.db"}
     config = RepoConfig(**raw)
     config.repo_path = prof.repo
     return config
 
 
-def open_store(prof: Profile):  # noqa: ANN201 (feast.FeatureStore)
+def open_store(prof: Profile) -> FeatureStore:
     """A FeatureStore for the profile; a Redis profile is pinged first, so an unreachable server
     fails here, in one line, before anything is written."""
     from feast import FeatureStore
@@ -143,7 +152,7 @@ def apply(prof: Profile) -> list[str]:
     return sorted(v.name for v in contents.feature_views)
 
 
-def declarations(repo: Path):  # noqa: ANN201 (feast RepoContents)
+def declarations(repo: Path) -> RepoContents:
     """Import each .py of the repository under a name unique to its path (two repositories in one
     process must not share a cached module, as `feast.repo_operations.parse_repo` would)."""
     from feast import Entity, FeatureService, FeatureView
@@ -172,7 +181,7 @@ def declarations(repo: Path):  # noqa: ANN201 (feast RepoContents)
     )
 
 
-def _import_file(path: Path):  # noqa: ANN202
+def _import_file(path: Path) -> ModuleType:
     name = f"_ttr_repo_{abs(hash(str(path)))}_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

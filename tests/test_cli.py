@@ -83,7 +83,7 @@ def test_malformed_row_names_file_and_row(stored, tmp_path, capsys):
     )
     before = fingerprint(stored / "data")
     argv = ["data", "--dataset", "ml-100k", "--data-dir", str(raw), "--repo", str(stored)]
-    one_line_error(capsys, argv, "u.data", "row 42", "rating")
+    one_line_error(capsys, argv, "u.data", "line 42", "rating")
     assert fingerprint(stored / "data") == before
 
 
@@ -97,7 +97,7 @@ def test_malformed_split_in_ml1m(tmp_path, repo, capsys):
         "user_id\tmovie_id\tsplit\n1\t1193\ttrain\n1\t661\tvalid\n"
     )
     argv = ["data", "--dataset", "ml-1m", "--data-dir", str(raw), "--repo", str(repo)]
-    one_line_error(capsys, argv, "interactions.tsv", "row 3", "valid")
+    one_line_error(capsys, argv, "interactions.tsv", "line 3", "valid")
 
 
 def test_item_outside_the_catalogue(tmp_path, repo, capsys):

@@ -1,11 +1,13 @@
-"""Incremental materialization: new days arrive, `--incremental` continues from the last run."""
+"""Materializing changed data: new days (`--incremental`), and a dataset replaced by another."""
 
 from __future__ import annotations
 
 import pandas as pd
-from conftest import assert_online_equals_offline
+import pytest
+from conftest import assert_online_equals_offline, copy_repo, unique_project
+from test_datasets import write_ml_latest
 
-from retrieval import offline, store
+from retrieval import datasets, offline, store
 from retrieval.cli import run
 from retrieval.synthetic import SyntheticConfig, generate
 
@@ -30,3 +32,24 @@ def test_incremental_run_catches_up_with_new_days(repo, capsys):
     assert_online_equals_offline(prof)
     assert run(["materialize", "--incremental", "--repo", str(repo)]) == 0
     assert tables.meta["end"][:10] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("online", ["sqlite", "redis"])
+def test_online_store_mirrors_a_replaced_dataset(online, tmp_path, request):
+    """Replacing 2020 data by a dataset from 2000 leaves the 2000 values online, not the newer
+    ones (Feast's Redis writer drops rows older than what is online unless told otherwise)."""
+    url = request.getfixturevalue("redis_url") if online == "redis" else None
+    prof = store.profile(copy_repo(tmp_path, project=unique_project()), url)
+    newer = generate(SyntheticConfig(users=5, items=5, interactions=100, groups=1))
+    offline.write(offline.build(newer), prof.offline_dir)
+    store.apply(prof)
+    store.materialize(prof)
+    older = datasets.load("ml-latest", write_ml_latest(tmp_path / "raw"))
+    offline.write(offline.build(older), prof.offline_dir)
+    store.materialize(prof)
+    try:
+        assert store.entity_features(prof, "item", "1")["title"] == "Toy Story (1995)"
+        assert store.entity_features(prof, "user", "2")["interaction_count"] == 2
+    finally:
+        if url:
+            store.open_store(prof).teardown()

@@ -19,15 +19,19 @@ def world():
     return ds, offline.build(ds)
 
 
-def test_activity_rows_hold_the_state_at_the_end_of_each_day(world):
-    ds, tables = world
+@pytest.mark.parametrize("bucket", ["day", "hour"])
+def test_activity_rows_hold_the_state_at_the_end_of_each_bucket(world, bucket):
+    ds, _ = world
+    tables = offline.build(ds, offline.FeatureConfig(activity_bucket=bucket))
     activity = tables.user_activity.to_pandas()
+    assert activity.groupby("user_id").size().mean() > 1  # several buckets per user
+    assert (activity["event_timestamp"].dt.hour != 0).any() == (bucket == "hour")
     inter = ds.interactions
     genres = ds.items.set_index("item_id")["genres"]
     for row in activity.sample(40, random_state=0).itertuples():
         seen = inter[(inter["user_id"] == row.user_id) & (inter["timestamp"] < row.event_timestamp)]
         seen = seen.sort_values("timestamp", kind="stable")
-        assert row.event_timestamp == row.event_timestamp.floor("D")
+        assert row.event_timestamp == row.event_timestamp.floor("D" if bucket == "day" else "h")
         assert row.interaction_count == len(seen)
         assert np.isclose(row.mean_rating, seen["rating"].mean())
         assert list(row.recent_items) == seen["item_id"].tolist()[::-1][: offline.RECENT_ITEMS]
