@@ -1,0 +1,45 @@
+"""The loss on cases worked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from towers.losses import sampled_softmax_loss
+
+EYE = torch.eye(2)
+
+
+def test_two_by_two_without_correction():
+    # logits = I / 1 = [[1, 0], [0, 1]]; each row: -log(e / (e + 1)) = log(1 + e^-1) = 0.31326
+    loss = sampled_softmax_loss(EYE, EYE, torch.zeros(2), temperature=1.0)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    assert loss.item() == pytest.approx(0.31326, abs=1e-5)
+
+
+def test_two_by_two_with_logq_correction():
+    # q = (0.5, 0.25): logits - log q = [[1 + 0.6931, 1.3863], [0.6931, 1 + 1.3863]]
+    # row 0: log(1 + e^(1.3863 - 1.6931)) = log(1 + e^-0.3069) = 0.55144
+    # row 1: log(1 + e^(0.6931 - 2.3863)) = log(1 + e^-1.6931) = 0.16889; mean 0.36017
+    log_q = torch.log(torch.tensor([0.5, 0.25]))
+    loss = sampled_softmax_loss(EYE, EYE, log_q, temperature=1.0)
+    assert loss.item() == pytest.approx(0.36017, abs=1e-4)
+
+
+def test_temperature_sharpens():
+    # logits = I / 0.5 = [[2, 0], [0, 2]]: log(1 + e^-2) = 0.12693
+    loss = sampled_softmax_loss(EYE, EYE, torch.zeros(2), temperature=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
+
+
+def test_duplicate_positive_is_not_a_negative_and_extra_negatives_count():
+    users = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    items = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # rows 0 and 1 share item 7
+    ids = torch.tensor([7, 7, 9])
+    # each row sees its positive (logit 1) and the extra negative (logit 0): log(1 + e^-1)
+    loss = sampled_softmax_loss(users, items, torch.zeros(3), temperature=1.0, item_ids=ids)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    unmasked = sampled_softmax_loss(users, items, torch.zeros(3), temperature=1.0)
+    assert unmasked.item() == pytest.approx(math.log(2 + math.exp(-1)), abs=1e-6)

@@ -1,0 +1,102 @@
+"""The towers: inputs from feature rows with gaps, shapes, unit norm, checkpoint round trips."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from towers import nn as tnn
+from towers.inputs import Vocab, item_inputs, user_inputs
+from towers.item_tower import ItemTower, ItemTowerConfig
+from towers.user_tower import UserTower, UserTowerConfig
+
+VOCAB = Vocab(genres=("Action", "Comedy", "Drama"), num_items=10)
+USERS = pd.DataFrame({
+    "user_id": [1, 2, 3],
+    "age": [24, None, 61],
+    "gender": ["M", None, "F"],
+    "occupation": ["technician", None, "writer"],
+    "zip_prefix": ["857", None, "021"],
+    "interaction_count": [12, None, 3],
+    "mean_rating": [3.5, None, None],
+    "genre_shares": [[0.5, 0.25, 0.25], None, [0.0, 1.0, 0.0]],
+    "recent_items": [[3, 4, 99], None, [1]],  # 99 is outside the vocabulary: unknown
+})  # fmt: skip
+ITEMS = pd.DataFrame({
+    "item_id": [1, 2, 42],
+    "title": ["Toy Story (1995)", None, "Heat (1995)"],
+    "genres": [["Comedy"], None, ["Action", "Drama", "Noir"]],
+    "year": [1995, None, 1995],
+    "plot": [None, None, "A cop and a thief."],
+})  # fmt: skip
+
+
+def test_user_inputs_encode_gaps_as_missing():
+    x = user_inputs(USERS, VOCAB)
+    assert x["age"].tolist()[1] == 0 and x["gender"].tolist()[1] == 0
+    assert x["numeric"][1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert x["numeric"][0, 1] == 1.0 and x["numeric"][2, 3] == 0.0  # count yes, rating no
+    assert x["recent_items"][0, :4].tolist() == [3, 4, 0, 0]
+    assert x["genre_shares"].shape == (3, 3) and x["recent_items"].shape == (3, 20)
+
+
+def test_item_inputs_encode_gaps_and_unknown_ids():
+    x = item_inputs(ITEMS, VOCAB)
+    assert x["item_id"].tolist() == [1, 2, 0]  # 42 is beyond num_items: unknown
+    assert x["genres"].tolist() == [[0, 1, 0], [0, 0, 0], [1, 0, 1]]
+    assert (
+        x["year"][1] == 0 and (x["text"][1] == 0).all() and (x["text"][2] > 0).sum() == 7
+    )  # heat 1995 a cop and a thief
+
+
+def test_towers_give_unit_vectors_of_one_width():
+    torch.manual_seed(0)
+    users = UserTower(UserTowerConfig(num_items=10, num_genres=3, dim=8)).eval()
+    items = ItemTower(ItemTowerConfig(num_items=10, num_genres=3, dim=8)).eval()
+    u, v = users(user_inputs(USERS, VOCAB)), items(item_inputs(ITEMS, VOCAB))
+    assert u.shape == v.shape == (3, 8)
+    assert torch.allclose(u.norm(dim=1), torch.ones(3)) and torch.allclose(
+        v.norm(dim=1), torch.ones(3)
+    )
+
+
+def test_image_slot_uses_the_missing_vector_where_there_is_no_image():
+    cfg = ItemTowerConfig(num_items=10, num_genres=3, dim=8, image_dim=4, modalities=("image",))
+    tower = ItemTower(cfg).eval()
+    x = {"image": torch.randn(2, 4), "has_image": torch.tensor([1.0, 0.0])}
+    with torch.no_grad():
+        tower.missing_image.copy_(torch.ones(4))
+        no_image = tower({"image": torch.randn(2, 4), "has_image": torch.zeros(2)})
+    assert torch.allclose(no_image[0], no_image[1])  # both rows fall back to the same vector
+    assert not torch.allclose(tower(x)[0], tower(x)[1])
+    with pytest.raises(ValueError):
+        ItemTower(ItemTowerConfig(num_items=10, num_genres=3, modalities=("image",)))
+
+
+def test_id_dropout_only_in_training():
+    tower = ItemTower(
+        ItemTowerConfig(num_items=10, num_genres=3, dim=8, id_dropout=1.0, modalities=("id",))
+    )
+    x = item_inputs(ITEMS, VOCAB)
+    tower.train()
+    dropped = tower(x)
+    assert torch.allclose(dropped[0], dropped[1])  # every id replaced by "unknown"
+    tower.eval()
+    assert not torch.allclose(tower(x)[0], tower(x)[1])
+
+
+@pytest.mark.parametrize("cls", ["user", "item"])
+def test_checkpoint_round_trip_gives_equal_outputs(cls, tmp_path):
+    torch.manual_seed(1)
+    if cls == "user":
+        model, x = UserTower(UserTowerConfig(num_items=10, num_genres=3)), user_inputs(USERS, VOCAB)
+    else:
+        model, x = ItemTower(ItemTowerConfig(num_items=10, num_genres=3)), item_inputs(ITEMS, VOCAB)
+    model.eval()
+    tnn.save(model, tmp_path, cls)
+    loaded = tnn.load(type(model), tmp_path, cls)
+    assert loaded.config == model.config
+    assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="not a"):
+        tnn.load(ItemTower if cls == "user" else UserTower, tmp_path, cls)

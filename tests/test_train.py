@@ -1,0 +1,88 @@
+"""A synthetic world with planted groups, through Feast, trained: the towers recover the groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retrieval import offline, store
+from retrieval.synthetic import SyntheticConfig, generate
+from towers.features import training_frame
+from towers.inputs import Vocab, item_inputs, user_inputs
+from towers.item_tower import ItemTower, ItemTowerConfig
+from towers.train import TrainConfig, Validation, embed, recall_at_k, train
+from towers.user_tower import UserTower, UserTowerConfig
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import copy_repo
+
+    ds = generate(SyntheticConfig(users=400, items=120, interactions=24_000, groups=4, days=60))
+    prof = store.profile(copy_repo(tmp_path_factory.mktemp("train")))
+    tables = offline.build(ds)
+    offline.write(tables, prof.offline_dir)
+    store.apply(prof)
+    feast_store = store.open_store(prof)
+    end = pd.Timestamp(tables.meta["end"])
+    inter = ds.interactions.rename(columns={"timestamp": "event_timestamp"})
+    is_val = np.random.default_rng(0).random(len(inter)) < 0.2
+    train_rows, val_rows = inter[~is_val], inter[is_val]
+
+    vocab = Vocab(genres=tuple(ds.genres), num_items=int(ds.items["item_id"].max()) + 1)
+    frame = training_frame(
+        feast_store, "user_tower", train_rows[["user_id", "item_id", "event_timestamp"]]
+    )
+    items = pd.DataFrame({"item_id": ds.items["item_id"], "event_timestamp": end})
+    catalogue = item_inputs(training_frame(feast_store, "item_tower", items), vocab)
+    row_of = {item: row for row, item in enumerate(ds.items["item_id"])}
+    val_users = sorted(val_rows["user_id"].unique())
+    latest = training_frame(
+        feast_store, "user_tower", pd.DataFrame({"user_id": val_users, "event_timestamp": end})
+    )
+    validation = Validation(
+        users=user_inputs(latest, vocab),
+        relevant=[
+            {row_of[i] for i in val_rows.loc[val_rows.user_id == u, "item_id"]} for u in val_users
+        ],
+        seen=[
+            {row_of[i] for i in train_rows.loc[train_rows.user_id == u, "item_id"]}
+            for u in val_users
+        ],
+    )
+    counts = np.bincount([row_of[i] for i in train_rows["item_id"]], minlength=len(row_of)) + 1
+    user_tower = UserTower(
+        UserTowerConfig(num_items=vocab.num_items, num_genres=len(ds.genres), dim=32)
+    )
+    item_tower = ItemTower(
+        ItemTowerConfig(num_items=vocab.num_items, num_genres=len(ds.genres), dim=32)
+    )
+    result = train(
+        user_tower, item_tower, user_inputs(frame, vocab),
+        torch.tensor([row_of[i] for i in frame["item_id"]]),
+        torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)),
+        catalogue, validation, TrainConfig(epochs=6, batch_size=256, k=K),
+    )  # fmt: skip
+    return ds, result, user_tower, item_tower, validation, catalogue, val_users
+
+
+def test_validation_recall_far_above_random(trained):
+    _, result, _, _, validation, catalogue, _ = trained
+    torch.manual_seed(0)
+    n_users, n_items = len(validation.relevant), len(catalogue["item_id"])
+    random = recall_at_k(torch.randn(n_users, 8), torch.randn(n_items, 8), validation.relevant,
+                         validation.seen, K)  # fmt: skip
+    assert result[f"val_recall@{K}"] > 2.5 * random
+
+
+def test_top_items_share_the_users_group(trained):
+    ds, _, user_tower, item_tower, validation, catalogue, val_users = trained
+    scores = embed(user_tower, validation.users) @ embed(item_tower, catalogue).T
+    top = scores.topk(K, dim=1).indices.numpy()  # catalogue rows = item_id - 1
+    user_group = ds.truth["user_group"][np.array(val_users) - 1]
+    share = (ds.truth["item_group"][top] == user_group[:, None]).mean()
+    assert share > 0.8  # chance: 1 / 4 groups

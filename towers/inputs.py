@@ -1,0 +1,120 @@
+"""Feature rows (a point-in-time training frame or online rows, as a DataFrame) into tensors.
+
+One function per tower, used for training and for serving alike. Strings are hashed into fixed
+buckets (bucket 0 means missing), so nothing is fitted but the dataset's genre list and item count.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+HASH_BUCKETS = 1024  # gender, occupation, zip prefix
+TEXT_BUCKETS = 1 << 15  # title and plot tokens
+AGE_EDGES = np.array([18, 25, 35, 45, 50, 56])  # ml-1m's age codes, and decades for ml-100k
+YEAR_EDGES = np.arange(1920, 2030, 5)
+MAX_TOKENS = 64
+TOKEN = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Vocab:
+    genres: tuple[str, ...]  # the order of genre vectors (dataset.json)
+    num_items: int  # item ids are 1..num_items - 1; 0 is padding and "unknown"
+
+
+def hashed(values: pd.Series, buckets: int = HASH_BUCKETS) -> torch.Tensor:
+    """Stable bucket per string (crc32), 0 for a missing value."""
+    ids = [0 if pd.isna(v) else 1 + zlib.crc32(str(v).encode()) % (buckets - 1) for v in values]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def bucketed(values: pd.Series, edges: np.ndarray) -> torch.Tensor:
+    """1 + the bucket of each number among `edges`; 0 for a missing value."""
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    ids = np.where(np.isnan(x), 0, 1 + np.searchsorted(edges, np.nan_to_num(x), side="right"))
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def _present(values: object) -> bool:
+    """A list cell holds a value: not None, and not the NaN pandas puts in an empty cell."""
+    return values is not None and not (isinstance(values, float) and np.isnan(values))
+
+
+def padded(lists: pd.Series, width: int, limit: int | None = None) -> torch.Tensor:
+    """(B, width) int64 from lists of ints, 0-padded; None is an empty list; ids >= limit -> 0."""
+    out = np.zeros((len(lists), width), dtype=np.int64)
+    for row, values in enumerate(lists):
+        if _present(values):
+            values = np.asarray(values, dtype=np.int64)[:width]
+            out[row, : len(values)] = values
+    if limit is not None:
+        out[out >= limit] = 0
+    return torch.from_numpy(out)
+
+
+def dense(lists: pd.Series, width: int) -> torch.Tensor:
+    """(B, width) float32 from lists of floats; None is a row of zeros."""
+    out = np.zeros((len(lists), width), dtype=np.float32)
+    for row, values in enumerate(lists):
+        if _present(values):
+            out[row] = values
+    return torch.from_numpy(out)
+
+
+def scalar(values: pd.Series) -> tuple[torch.Tensor, torch.Tensor]:
+    """(value with 0 for missing, 1.0 where present), both (B,) float32."""
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float32)
+    present = ~np.isnan(x)
+    return torch.from_numpy(np.where(present, x, 0.0).astype(np.float32)), torch.from_numpy(
+        present.astype(np.float32)
+    )
+
+
+def user_inputs(frame: pd.DataFrame, vocab: Vocab, recent: int = 20) -> dict[str, torch.Tensor]:
+    """Tensors for the user tower from the `user_tower` feature service's columns."""
+    count, has_history = scalar(frame["interaction_count"])
+    rating, has_rating = scalar(frame["mean_rating"])
+    return {
+        "age": bucketed(frame["age"], AGE_EDGES),
+        "gender": hashed(frame["gender"]),
+        "occupation": hashed(frame["occupation"]),
+        "zip": hashed(frame["zip_prefix"]),
+        "numeric": torch.stack(
+            [torch.log1p(count), has_history, (rating - 3.0) * has_rating, has_rating], dim=1
+        ),  # (B, 4)
+        "genre_shares": dense(frame["genre_shares"], len(vocab.genres)),
+        "recent_items": padded(frame["recent_items"], recent, vocab.num_items),
+    }
+
+
+def tokens(texts: pd.Series) -> pd.Series:
+    """Hashed token ids of each text (title and plot), at most MAX_TOKENS."""
+    return texts.map(
+        lambda t: [
+            1 + zlib.crc32(w.encode()) % (TEXT_BUCKETS - 1) for w in TOKEN.findall(t.lower())
+        ]
+    )
+
+
+def item_inputs(frame: pd.DataFrame, vocab: Vocab) -> dict[str, torch.Tensor]:
+    """Tensors for the item tower from `item_id` and the `item_tower` feature service's columns."""
+    index = {g: i for i, g in enumerate(vocab.genres)}
+    genres = np.zeros((len(frame), len(vocab.genres)), dtype=np.float32)
+    for row, names in enumerate(frame["genres"]):
+        for name in names if _present(names) else []:
+            if name in index:
+                genres[row, index[name]] = 1.0
+    text = frame["title"].fillna("").astype(str) + " " + frame["plot"].fillna("").astype(str)
+    ids = torch.from_numpy(frame["item_id"].to_numpy(dtype=np.int64))
+    return {
+        "item_id": torch.where(ids < vocab.num_items, ids, torch.zeros_like(ids)),
+        "genres": torch.from_numpy(genres),
+        "year": bucketed(frame["year"], YEAR_EDGES),
+        "text": padded(tokens(text), MAX_TOKENS),
+    }

@@ -1,0 +1,47 @@
+"""The generic pieces the towers share: an MLP builder, and checkpoints that carry their config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers of `sizes`, ReLU and dropout between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(sizes) - 2:
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+def save(model: nn.Module, folder: Path, name: str) -> None:
+    """`name.safetensors` (weights) and `name.json` (the model's config) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, folder / f"{name}.safetensors"
+    )
+    config = {"class": type(model).__name__, "config": dataclasses.asdict(model.config)}
+    (folder / f"{name}.json").write_text(json.dumps(config, indent=2))
+
+
+def load(cls: Any, folder: Path, name: str) -> Any:
+    """Rebuild `cls` from `name.json` alone and load `name.safetensors` strictly, in eval mode."""
+    saved = json.loads((folder / f"{name}.json").read_text())
+    if saved["class"] != cls.__name__:
+        raise ValueError(f"{folder / name}: a {saved['class']}, not a {cls.__name__}")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
+    model = cls(cls.Config(**fields))
+    model.load_state_dict(load_file(folder / f"{name}.safetensors"), strict=True)
+    return model.eval()
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.normalize(x, dim=-1)

@@ -1,0 +1,125 @@
+"""Training both towers with in-batch sampled softmax, and the retrieval metrics it stops on."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from towers.item_tower import ItemTower
+from towers.losses import sampled_softmax_loss
+from towers.user_tower import UserTower
+
+Inputs = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+    temperature: float = 0.05
+    extra_negatives: int = 0  # uniform negatives added to the in-batch ones, per batch
+    patience: int = 3  # epochs without a better validation recall before stopping
+    k: int = 20  # the recall@k early stopping watches
+    seed: int = 0
+
+
+def take(x: Inputs, rows: torch.Tensor) -> Inputs:
+    return {name: t[rows] for name, t in x.items()}
+
+
+@torch.no_grad()
+def embed(tower: torch.nn.Module, x: Inputs, batch: int = 8192) -> torch.Tensor:
+    """Embeddings of every row of `x`, in eval mode and in batches."""
+    tower.eval()
+    n = len(next(iter(x.values())))
+    return torch.cat(
+        [tower(take(x, torch.arange(i, min(i + batch, n)))) for i in range(0, n, batch)]
+    )
+
+
+def recall_at_k(
+    users: torch.Tensor, items: torch.Tensor, relevant: list[set[int]], seen: list[set[int]], k: int
+) -> float:
+    """Mean over users of |top-k ∩ relevant| / |relevant|, items in `seen` excluded from ranking."""
+    scores = users @ items.T  # (U, I)
+    for row, done in enumerate(seen):
+        if done:
+            scores[row, list(done)] = float("-inf")
+    top = scores.topk(k, dim=1).indices.tolist()
+    return float(
+        np.mean([len(set(t) & rel) / len(rel) for t, rel in zip(top, relevant, strict=True)])
+    )
+
+
+@dataclass
+class Validation:
+    users: Inputs  # one row per validation user
+    relevant: list[set[int]]  # catalogue row indices each user interacts with after the cut
+    seen: list[set[int]]  # catalogue row indices each user interacted with in training
+
+
+def train(
+    user_tower: UserTower,
+    item_tower: ItemTower,
+    users: Inputs,
+    item_rows: torch.Tensor,
+    item_log_q: torch.Tensor,
+    catalogue: Inputs,
+    validation: Validation,
+    cfg: TrainConfig,
+) -> dict:
+    """Fit both towers on positive pairs (row i of `users`, row `item_rows[i]` of `catalogue`);
+    `item_log_q[r]` is the log sampling probability of catalogue row r. Keeps the weights of the
+    epoch with the best validation recall@k and stops after `patience` epochs without progress."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    params = list(user_tower.parameters()) + list(item_tower.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n, n_items = len(item_rows), len(item_log_q)
+    best = {"recall": -1.0, "epoch": -1, "state": None}
+    history = []
+    for epoch in range(cfg.epochs):
+        user_tower.train()
+        item_tower.train()
+        order = torch.randperm(n, generator=generator)
+        began, total = time.perf_counter(), 0.0
+        bar = tqdm(
+            range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", unit=" batches", leave=False
+        )
+        for start in bar:
+            rows = order[start : start + cfg.batch_size]
+            cand = item_rows[rows]
+            if cfg.extra_negatives:
+                extra = torch.randint(n_items, (cfg.extra_negatives,), generator=generator)
+                cand = torch.cat([cand, extra])
+            u = user_tower(take(users, rows))
+            v = item_tower(take(catalogue, cand))
+            loss = sampled_softmax_loss(u, v, item_log_q[cand], cfg.temperature, item_ids=cand)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(rows)
+        seconds = time.perf_counter() - began
+        recall = recall_at_k(
+            embed(user_tower, validation.users), embed(item_tower, catalogue),
+            validation.relevant, validation.seen, cfg.k,
+        )  # fmt: skip
+        history.append({"epoch": epoch + 1, "loss": total / n, "recall": recall,
+                        "examples_per_s": n / seconds})  # fmt: skip
+        print(f"epoch {epoch + 1}: loss {total / n:.4f}, val recall@{cfg.k} {recall:.4f}, "
+              f"{n / seconds:,.0f} examples/s")  # fmt: skip
+        if recall > best["recall"]:
+            state = (copy.deepcopy(user_tower.state_dict()), copy.deepcopy(item_tower.state_dict()))
+            best = {"recall": recall, "epoch": epoch + 1, "state": state}
+        elif epoch + 1 - best["epoch"] >= cfg.patience:
+            break
+    user_tower.load_state_dict(best["state"][0])
+    item_tower.load_state_dict(best["state"][1])
+    return {"best_epoch": best["epoch"], f"val_recall@{cfg.k}": best["recall"], "history": history}
