@@ -20,6 +20,8 @@ from tqdm import tqdm
 from retrieval.errors import TTRError
 from retrieval.offline import FeatureConfig
 from retrieval.synthetic import SyntheticConfig
+from retrieval.training import SplitConfig
+from towers.train import TrainConfig
 
 T = TypeVar("T")
 CHECKOUT_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
@@ -94,6 +96,19 @@ def cmd_features(args: argparse.Namespace) -> None:
     row = store.entity_features(prof, args.entity, args.id)
     lines = [f"  {json.dumps(k)}: {json.dumps(v, default=str)}" for k, v in row.items()]
     print("{\n" + ",\n".join(lines) + "\n}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from retrieval import store, training
+    from towers.train import TrainConfig
+
+    prof = store.profile(args.repo, args.online_store)
+    cfg, split_cfg = _config_from(TrainConfig, args), _config_from(training.SplitConfig, args)
+    version = training.run(prof, Path(args.artifacts), cfg, split_cfg)
+    metrics = json.loads((version / "manifest.json").read_text())["metrics"]
+    k = cfg.k
+    print(f"trained: best epoch {metrics['best_epoch']}, validation recall@{k} "
+          f"{metrics[f'val_recall@{k}']:.4f} -> {version} (now latest)")  # fmt: skip
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -173,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="the entity's integer id")
     _common(p)
     p.set_defaults(func=cmd_features)
+    p = sub.add_parser("train", help="train both towers on point-in-time features; new version")
+    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _add_config_flags(p, TrainConfig, "training")
+    _add_config_flags(p, SplitConfig, "split")
+    _common(p)
+    p.set_defaults(func=cmd_train)
     p = sub.add_parser("quickstart", help="data, apply, materialize and one user's features")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--data-dir", default=None)
