@@ -18,6 +18,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from retrieval.errors import TTRError
+from retrieval.index import IndexConfig
 from retrieval.offline import FeatureConfig
 from retrieval.synthetic import SyntheticConfig
 from retrieval.training import SplitConfig
@@ -111,6 +112,18 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{metrics[f'val_recall@{k}']:.4f} -> {version} (now latest)")  # fmt: skip
 
 
+def cmd_index(args: argparse.Namespace) -> None:
+    from retrieval import indexing, store
+
+    prof = store.profile(args.repo, args.online_store)
+    info = indexing.run(prof, Path(args.artifacts), _config_from(IndexConfig, args))
+    params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
+    print(
+        f"indexed {info['count']:,} items x {info['dimension']} in {info['factory']} ({params}); "
+        f"recall@{info['k']} vs exact {info['recall']:.3f}; model {info['model_version']}"
+    )
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     """The main job on the embedded default: data, apply, materialize, one user's features."""
     steps = [
@@ -194,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, SplitConfig, "split")
     _common(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("index", help="embed the catalogue with the latest item tower; FAISS index")
+    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _add_config_flags(p, IndexConfig, "index")
+    _common(p)
+    p.set_defaults(func=cmd_index)
     p = sub.add_parser("quickstart", help="data, apply, materialize and one user's features")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--data-dir", default=None)

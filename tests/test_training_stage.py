@@ -6,8 +6,9 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
-from retrieval import artifacts, training
+from retrieval import artifacts, indexing, training
 from retrieval.cli import run
 from towers import nn as tnn
 from towers.item_tower import ItemTower
@@ -85,3 +86,30 @@ def test_temporal_split_cuts_at_global_times():
         <= sp.validation["event_timestamp"].min()
     )
     assert sp.validation["event_timestamp"].max() < sp.test_time <= sp.test["event_timestamp"].min()
+
+
+def test_index_stage_indexes_the_catalogue_exactly(world):
+    repo, root = world
+    assert run(["index", "--repo", str(repo), "--artifacts", str(root), "--k", "20"]) == 0
+    info = json.loads((artifacts.latest(root) / "index.json").read_text())
+    assert (info["count"], info["dimension"], info["factory"], info["recall"]) == (
+        80,
+        64,
+        "IDMap,Flat",
+        1.0,
+    )
+    assert info["model_version"] == artifacts.latest(root).name
+
+
+def test_nan_embeddings_stop_the_build_and_keep_the_previous_index(world, monkeypatch, capsys):
+    repo, root = world
+    assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 0
+    before = (artifacts.latest(root) / "index.faiss").read_bytes()
+    monkeypatch.setattr(
+        indexing,
+        "embed",
+        lambda tower, x: torch.full((len(next(iter(x.values()))), 64), float("nan")),
+    )
+    assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 1
+    assert "NaN" in capsys.readouterr().err
+    assert (artifacts.latest(root) / "index.faiss").read_bytes() == before

@@ -1,0 +1,142 @@
+"""FAISS behind one small module: an index is a factory string plus its search parameters.
+
+Inner product over unit vectors is cosine. Small catalogues get exact `IDMap,Flat`; large ones
+`IVF{nlist},Flat`, whose `nprobe` is raised at build time until recall@k against exact search on
+held-out queries reaches the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retrieval.errors import TTRError
+
+EXACT_UP_TO = 50_000  # catalogue size served by exact search
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    factory: str = ""  # empty: chosen from the catalogue size
+    recall_target: float = 0.95  # recall@k against exact search the index must reach
+    k: int = 100
+    queries: int = 1_000  # held-out queries for the recall check
+    max_nprobe: int = 1_024
+
+
+@dataclass(frozen=True)
+class Built:
+    index: faiss.Index
+    factory: str
+    params: dict  # search parameters, e.g. {"nprobe": 32}
+    recall: float  # measured recall@k against exact search (1.0 for exact)
+
+
+def choose_factory(n: int) -> str:
+    if n <= EXACT_UP_TO:
+        return "IDMap,Flat"
+    return f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))},Flat"
+
+
+def check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
+    """float32, C-contiguous (n, d); NaN/Inf or a wrong width is an error naming the row."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or (dim is not None and vectors.shape[1] != dim):
+        raise TTRError(f"embeddings of shape {vectors.shape}, expected (n, {dim or 'd'})")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise TTRError(
+            f"{int(bad.sum())} embeddings hold NaN or Inf (first at row {int(np.argmax(bad))})"
+        )
+    return vectors
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    return exact.search(queries, k)[1]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's exact top-k that the index found."""
+    return float(
+        np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])
+    )
+
+
+def build(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, cfg: IndexConfig) -> Built:
+    vectors = check_vectors(vectors)
+    queries = check_vectors(queries, vectors.shape[1])
+    factory = cfg.factory or choose_factory(len(vectors))
+    index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        rng = np.random.default_rng(0)
+        sample = vectors[
+            rng.choice(len(vectors), min(len(vectors), 256 * index.nlist), replace=False)
+        ]
+        index.train(sample)
+    index.add_with_ids(vectors, ids.astype(np.int64))
+    if "IVF" not in factory:
+        return Built(index, factory, {}, 1.0)
+    return _calibrate(index, factory, vectors, ids, queries, cfg)
+
+
+def _calibrate(index: faiss.Index, factory: str, vectors: np.ndarray, ids: np.ndarray,
+               queries: np.ndarray, cfg: IndexConfig) -> Built:  # fmt: skip
+    """Double nprobe until recall@k against exact search reaches the target."""
+    k = min(cfg.k, len(vectors))
+    truth = ids[exact_top_k(vectors, queries, k)]
+    ivf = faiss.extract_index_ivf(index)
+    nprobe = 1
+    while True:
+        ivf.nprobe = nprobe
+        measured = recall(index.search(queries, k)[1], truth)
+        if measured >= cfg.recall_target or nprobe >= min(cfg.max_nprobe, ivf.nlist):
+            break
+        nprobe *= 2
+    if measured < cfg.recall_target:
+        raise TTRError(
+            f"{factory}: recall@{k} {measured:.3f} < {cfg.recall_target} at nprobe {nprobe}"
+        )
+    return Built(index, factory, {"nprobe": nprobe}, measured)
+
+
+def search(
+    index: faiss.Index, params: dict, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the top k for each query, with the index's search parameters."""
+    if "nprobe" in params:
+        faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+
+def save(built: Built, folder: Path, extra: dict) -> dict:
+    """Write `index.faiss` and `index.json` atomically (temporary names, then renames)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index-")
+    os.close(fd)
+    faiss.write_index(built.index, tmp)
+    digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+    info = {
+        "factory": built.factory, "params": built.params, "recall": built.recall,
+        "dimension": built.index.d, "count": built.index.ntotal, "sha256": digest, **extra,
+    }  # fmt: skip
+    meta_tmp = Path(tmp + ".json")
+    meta_tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, folder / "index.faiss")
+    os.replace(meta_tmp, folder / "index.json")
+    return info
+
+
+def load(folder: Path) -> tuple[faiss.Index, dict]:
+    info = json.loads((folder / "index.json").read_text())
+    if hashlib.sha256((folder / "index.faiss").read_bytes()).hexdigest() != info["sha256"]:
+        raise TTRError(f"{folder / 'index.faiss'} does not match the sha256 in index.json")
+    return faiss.read_index(str(folder / "index.faiss")), info

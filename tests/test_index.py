@@ -1,0 +1,62 @@
+"""FAISS: exact search equals brute force; an approximate index meets its recall floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval import index
+from retrieval.errors import TTRError
+
+
+def clustered(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
+    """Unit vectors around random centres: not uniform, still hard to index (faiss's
+    SyntheticDataset idea)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    x = centres[rng.integers(clusters, size=n)] + 0.6 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_flat_search_equals_brute_force():
+    vectors, queries = clustered(2_000, 16, 20, 0), clustered(50, 16, 20, 1)
+    ids = np.arange(2_000) * 10 + 7  # item ids, not row numbers
+    built = index.build(vectors, ids, queries, index.IndexConfig(k=10))
+    assert built.factory == "IDMap,Flat" and built.recall == 1.0
+    scores, found = index.search(built.index, built.params, queries, 10)
+    brute = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    assert (found == ids[brute]).all()
+    assert np.allclose(scores, np.take_along_axis(queries @ vectors.T, brute, axis=1), atol=1e-5)
+
+
+def test_ivf_meets_its_recall_floor_on_held_out_queries():
+    vectors = clustered(60_000, 32, 200, 2)
+    held_out, fresh = clustered(300, 32, 200, 3), clustered(300, 32, 200, 4)
+    cfg = index.IndexConfig(k=20, recall_target=0.95)
+    built = index.build(vectors, np.arange(60_000), held_out, cfg)
+    assert built.factory.startswith("IVF") and built.params["nprobe"] > 1
+    found = index.search(built.index, built.params, fresh, 20)[1]
+    assert (
+        index.recall(found, index.exact_top_k(vectors, fresh, 20)) >= 0.93
+    )  # holds on new queries
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(np.full((3, 8), np.nan, dtype=np.float32), "NaN"), (np.ones((3, 8, 1)), "shape")],
+)
+def test_bad_vectors_stop_the_build(bad, message):
+    with pytest.raises(TTRError, match=message):
+        index.build(bad, np.arange(3), np.ones((1, 8), dtype=np.float32), index.IndexConfig())
+
+
+def test_save_load_round_trip_checks_the_digest(tmp_path):
+    vectors = clustered(500, 8, 5, 5)
+    built = index.build(vectors, np.arange(500), vectors[:10], index.IndexConfig(k=5))
+    info = index.save(built, tmp_path, {"model_version": "v1"})
+    loaded, meta = index.load(tmp_path)
+    assert meta == info and loaded.ntotal == 500 and meta["dimension"] == 8
+    assert (index.search(loaded, meta["params"], vectors[:3], 5)[1][:, 0] == [0, 1, 2]).all()
+    (tmp_path / "index.faiss").write_bytes(b"corrupt")
+    with pytest.raises(TTRError, match="sha256"):
+        index.load(tmp_path)
