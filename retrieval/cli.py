@@ -124,6 +124,17 @@ def cmd_index(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from retrieval import evaluate, store
+
+    prof = store.profile(args.repo, args.online_store)
+    result = evaluate.run(prof, Path(args.artifacts), evaluate.EvalConfig())
+    print(evaluate.table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     """The main job on the embedded default: data, apply, materialize, one user's features."""
     steps = [
@@ -212,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, IndexConfig, "index")
     _common(p)
     p.set_defaults(func=cmd_index)
+    p = sub.add_parser("evaluate", help="full-ranking metrics on the test split, with baselines")
+    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("quickstart", help="data, apply, materialize and one user's features")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--data-dir", default=None)

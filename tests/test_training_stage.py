@@ -113,3 +113,20 @@ def test_nan_embeddings_stop_the_build_and_keep_the_previous_index(world, monkey
     assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 1
     assert "NaN" in capsys.readouterr().err
     assert (artifacts.latest(root) / "index.faiss").read_bytes() == before
+
+
+def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
+    repo, root = world
+    assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 0
+    out = tmp_path / "eval.json"
+    assert run(["evaluate", "--repo", str(repo), "--artifacts", str(root), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["dataset"] == "synthetic" and result["split"]["kind"] == "random"
+    models = result["models"]
+    assert set(models) == {"popularity", "ials", "two_tower", "two_tower_ann"}
+    for values in models.values():
+        assert set(values) >= {
+            f"{m}@{k}" for m in ("recall", "ndcg", "precision", "f1") for k in (10, 20, 50, 100)
+        }
+    assert models["two_tower_ann"] == models["two_tower"]  # a Flat index is exact
+    assert models["two_tower"]["recall@20"] > models["popularity"]["recall@20"]  # planted groups
