@@ -82,6 +82,20 @@ item_popularity = FeatureView(
     source=_source("item_popularity"),
 )
 
+# The item tower's output for the indexed model version, written by `ttr index` (stamped at the
+# data's end so that materialization covers it).
+item_embedding = FeatureView(
+    name="item_embedding",
+    entities=[item],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="embedding", dtype=Array(Float32)),
+        Field(name="model_version", dtype=String),
+    ],
+    source=_source("item_embedding"),
+    tags={"kind": "static"},
+)
+
 # What the user tower reads, in training (point in time) and in serving (online).
 user_tower = FeatureService(name="user_tower", features=[user_profile, user_activity])
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+from feast.errors import FeatureViewNotFoundException
 
 from retrieval import artifacts, index, store
 from retrieval.errors import TTRError
+from retrieval.materialize import materialize_view
+from retrieval.offline import read_meta, write_table
 from retrieval.training import SERVICES, catalogue_frame
 from towers import nn as tnn
 from towers.features import training_frame
@@ -37,7 +42,28 @@ def run(prof: store.Profile, root: Path, cfg: index.IndexConfig) -> dict:
     items = embed(tnn.load(ItemTower, version, "item_tower"), item_inputs(catalogue, vocab)).numpy()
     queries = query_sample(feast_store, prof, version, vocab, at, cfg.queries)
     built = index.build(items, catalogue["item_id"].to_numpy(), queries, cfg)
-    return index.save(built, version, {"model_version": manifest["version"], "k": cfg.k})
+    info = index.save(built, version, {"model_version": manifest["version"], "k": cfg.k})
+    info["online_rows"] = publish_embeddings(feast_store, prof, catalogue["item_id"], items, info)
+    return info
+
+
+def publish_embeddings(feast_store: FeatureStore, prof: store.Profile, item_ids: pd.Series,
+                       vectors: np.ndarray, info: dict) -> int:  # fmt: skip
+    """The item embeddings as the `item_embedding` feature: offline parquet, then online."""
+    end = datetime.fromisoformat(read_meta(prof.offline_dir)["end"])
+    table = pa.table({
+        "item_id": pa.array(item_ids.to_numpy(), pa.int64()),
+        "embedding": pa.array(list(vectors), pa.list_(pa.float32())),
+        "model_version": pa.array([info["model_version"]] * len(vectors), pa.string()),
+        "event_timestamp": pa.array([end] * len(vectors), pa.timestamp("us", tz="UTC")),
+    })  # fmt: skip
+    write_table(table, prof.offline_dir / "item_embedding.parquet")
+
+    try:
+        view = feast_store.get_feature_view("item_embedding")
+    except FeatureViewNotFoundException as err:
+        raise TTRError("the registry lacks the item_embedding view: run `ttr apply`") from err
+    return materialize_view(feast_store, view, end, end)
 
 
 def query_sample(

@@ -254,6 +254,11 @@ def write(tables: Tables, offline_dir: Path) -> list[Path]:
     return [offline_dir / name for name in staged]
 
 
+def write_table(table: pa.Table, path: Path) -> None:
+    """One parquet file, written under a temporary name and renamed."""
+    os.replace(_stage(path.parent, table), path)
+
+
 def _stage(folder: Path, payload: pa.Table | str) -> Path:
     fd, name = tempfile.mkstemp(dir=folder, prefix=".staging-")
     os.close(fd)

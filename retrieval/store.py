@@ -221,6 +221,8 @@ def materialize(prof: Profile, incremental: bool = False) -> list[Materialized]:
     )  # fmt: skip
     done = []
     for view in sorted(views, key=lambda v: v.name):
+        if not Path(view.batch_source.path).exists():  # e.g. item_embedding before `ttr index`
+            continue
         since = start
         if incremental and view.tags.get("kind") != "static":  # static rows carry old stamps
             since = min(view.most_recent_end_time or start, end)

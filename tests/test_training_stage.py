@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from retrieval import artifacts, indexing, training
+from retrieval import artifacts, indexing, store, training
 from retrieval.cli import run
 from towers import nn as tnn
 from towers.item_tower import ItemTower
@@ -99,6 +99,9 @@ def test_index_stage_indexes_the_catalogue_exactly(world):
         1.0,
     )
     assert info["model_version"] == artifacts.latest(root).name
+    online = store.entity_features(store.profile(repo), "item", "1")  # the embedding, served
+    assert len(online["embedding"]) == 64 and online["model_version"] == info["model_version"]
+    assert abs(sum(x * x for x in online["embedding"]) - 1.0) < 1e-4
 
 
 def test_nan_embeddings_stop_the_build_and_keep_the_previous_index(world, monkeypatch, capsys):
