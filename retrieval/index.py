@@ -21,6 +21,7 @@ import numpy as np
 from retrieval.errors import TTRError
 
 EXACT_UP_TO = 50_000  # catalogue size served by exact search
+TRAIN_PER_LIST = 64  # k-means sample per inverted list (faiss warns below 39)
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,8 @@ def build(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, cfg: IndexC
     index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         rng = np.random.default_rng(0)
-        sample = vectors[
-            rng.choice(len(vectors), min(len(vectors), 256 * index.nlist), replace=False)
-        ]
-        index.train(sample)
+        size = min(len(vectors), TRAIN_PER_LIST * faiss.extract_index_ivf(index).nlist)
+        index.train(vectors[rng.choice(len(vectors), size, replace=False)])
     index.add_with_ids(vectors, ids.astype(np.int64))
     if "IVF" not in factory:
         return Built(index, factory, {}, 1.0)

@@ -24,7 +24,7 @@ from towers.train import embed
 from towers.user_tower import UserTower
 
 if TYPE_CHECKING:
-    from feast import FeatureStore
+    from feast import FeatureStore, FeatureView
 
 
 def run(prof: store.Profile, root: Path, cfg: index.IndexConfig) -> dict:
@@ -38,17 +38,27 @@ def run(prof: store.Profile, root: Path, cfg: index.IndexConfig) -> dict:
     )
     at = pd.Timestamp(manifest["split"]["test_time"])
     feast_store = store.open_store(prof)
+    view = embedding_view(feast_store)  # before anything is written
     catalogue = catalogue_frame(feast_store, prof.offline_dir, at)
     items = embed(tnn.load(ItemTower, version, "item_tower"), item_inputs(catalogue, vocab)).numpy()
     queries = query_sample(feast_store, prof, version, vocab, at, cfg.queries)
     built = index.build(items, catalogue["item_id"].to_numpy(), queries, cfg)
     info = index.save(built, version, {"model_version": manifest["version"], "k": cfg.k})
-    info["online_rows"] = publish_embeddings(feast_store, prof, catalogue["item_id"], items, info)
+    info["online_rows"] = publish_embeddings(
+        feast_store, view, prof, catalogue["item_id"], items, info
+    )
     return info
 
 
-def publish_embeddings(feast_store: FeatureStore, prof: store.Profile, item_ids: pd.Series,
-                       vectors: np.ndarray, info: dict) -> int:  # fmt: skip
+def embedding_view(feast_store: FeatureStore) -> FeatureView:
+    try:
+        return feast_store.get_feature_view("item_embedding")
+    except FeatureViewNotFoundException as err:
+        raise TTRError("the registry lacks the item_embedding view: run `ttr apply`") from err
+
+
+def publish_embeddings(feast_store: FeatureStore, view: FeatureView, prof: store.Profile,
+                       item_ids: pd.Series, vectors: np.ndarray, info: dict) -> int:  # fmt: skip
     """The item embeddings as the `item_embedding` feature: offline parquet, then online."""
     end = datetime.fromisoformat(read_meta(prof.offline_dir)["end"])
     table = pa.table({
@@ -59,10 +69,6 @@ def publish_embeddings(feast_store: FeatureStore, prof: store.Profile, item_ids:
     })  # fmt: skip
     write_table(table, prof.offline_dir / "item_embedding.parquet")
 
-    try:
-        view = feast_store.get_feature_view("item_embedding")
-    except FeatureViewNotFoundException as err:
-        raise TTRError("the registry lacks the item_embedding view: run `ttr apply`") from err
     return materialize_view(feast_store, view, end, end)
 
 
