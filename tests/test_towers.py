@@ -37,8 +37,10 @@ def test_user_inputs_encode_gaps_as_missing():
     assert x["age"].tolist()[1] == 0 and x["gender"].tolist()[1] == 0
     assert x["numeric"][1].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert x["numeric"][0, 1] == 1.0 and x["numeric"][2, 3] == 0.0  # count yes, rating no
-    assert x["recent_items"][0, :4].tolist() == [3, 4, 0, 0]
-    assert x["genre_shares"].shape == (3, 3) and x["recent_items"].shape == (3, 20)
+    assert x["recent_items"][0].tolist() == [3, 4, 0]  # as wide as the longest list
+    assert x["genre_shares"].shape == (3, 3) and x["recent_items"].shape == (3, 3)
+    empty = user_inputs(USERS.assign(recent_items=None), VOCAB)["recent_items"]
+    assert empty.shape == (3, 1) and (empty == 0).all()
 
 
 def test_item_inputs_encode_gaps_and_unknown_ids():

@@ -47,7 +47,9 @@ def _present(values: object) -> bool:
 
 
 def padded(lists: pd.Series, width: int, limit: int | None = None) -> torch.Tensor:
-    """(B, width) int64 from lists of ints, 0-padded; None is an empty list; ids >= limit -> 0."""
+    """(B, w) int64 from lists of ints, 0-padded, w the longest list capped at `width` (padding
+    costs an EmbeddingBag as much as a token); None is an empty list; ids >= limit -> 0."""
+    width = max(1, min(width, max((len(v) for v in lists if _present(v)), default=0)))
     out = np.zeros((len(lists), width), dtype=np.int64)
     for row, values in enumerate(lists):
         if _present(values):

@@ -81,7 +81,7 @@ def train(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     params = list(user_tower.parameters()) + list(item_tower.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     n, n_items = len(item_rows), len(item_log_q)
     best = {"recall": -1.0, "epoch": -1, "state": None}
     history = []
