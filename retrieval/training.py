@@ -91,6 +91,26 @@ def validation_set(
                       [seen.get(u, set()) for u in users])  # fmt: skip
 
 
+def timeless(sp: Split) -> bool:
+    """The training rows carry no order in time (ml-1m's fixed split: one stamp for all)."""
+    return sp.train["event_timestamp"].nunique() == 1
+
+
+def training_users(feast_store: FeatureStore, sp: Split, vocab: Vocab) -> tuple[pd.DataFrame, dict]:
+    """The training rows' user features and tensors. Point in time where the rows have an order;
+    where they have none, as of the end of training (the only time the history exists), with the
+    row's own item blanked from its recent items so the label does not sit among the inputs."""
+    entities = sp.train[["user_id", "item_id", "event_timestamp"]]
+    if timeless(sp):
+        entities = entities.assign(event_timestamp=sp.test_time)
+    frame = training_frame(feast_store, SERVICES["user"], entities)
+    users = user_inputs(frame, vocab)
+    if timeless(sp):
+        label = torch.tensor(frame["item_id"].to_numpy())[:, None]
+        users["recent_items"] = users["recent_items"].masked_fill(users["recent_items"] == label, 0)
+    return frame, users
+
+
 def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig) -> Path:
     """Train on the repository's offline data; returns the published version directory."""
     meta = read_meta(prof.offline_dir)
@@ -102,15 +122,13 @@ def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfi
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
     vocab = Vocab(genres=tuple(meta["genres"]), num_items=int(catalogue["item_id"].max()) + 1)
     row_of = {int(item): row for row, item in enumerate(catalogue["item_id"])}
-    frame = training_frame(
-        feast_store, SERVICES["user"], sp.train[["user_id", "item_id", "event_timestamp"]]
-    )
+    frame, users = training_users(feast_store, sp, vocab)
     counts = np.bincount([row_of[i] for i in sp.train["item_id"]], minlength=len(row_of)) + 1.0
     user_tower = UserTower(UserTowerConfig(vocab.num_items, len(vocab.genres)))
     item_tower = ItemTower(ItemTowerConfig(vocab.num_items, len(vocab.genres)))
     began = time.perf_counter()
     result = train(
-        user_tower, item_tower, user_inputs(frame, vocab),
+        user_tower, item_tower, users,
         torch.tensor([row_of[i] for i in frame["item_id"]]),
         torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)),
         item_inputs(catalogue, vocab), validation_set(feast_store, sp, vocab, row_of), cfg,
@@ -132,4 +150,5 @@ def _split_info(sp: Split, cfg: SplitConfig) -> dict:
         "validation_time": sp.validation_time.isoformat(),
         "test_time": sp.test_time.isoformat(),
     }
-    return {"kind": sp.kind, **asdict(cfg), "rows": rows, **times}
+    features = "as of test_time (no time order)" if timeless(sp) else "point in time"
+    return {"kind": sp.kind, **asdict(cfg), "rows": rows, **times, "train_features": features}

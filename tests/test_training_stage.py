@@ -133,3 +133,32 @@ def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
         }
     assert models["two_tower_ann"] == models["two_tower"]  # a Flat index is exact
     assert models["two_tower"]["recall@20"] > models["popularity"]["recall@20"]  # planted groups
+
+
+def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
+    """ml-1m's fixed split has one stamp for every row: features come from the end of training,
+    and a row's own item is blanked from its recent items."""
+    from conftest import copy_repo
+
+    from retrieval import offline
+    from retrieval.synthetic import SyntheticConfig, generate
+    from towers.train import TrainConfig
+
+    ds = generate(SyntheticConfig(users=60, items=30, interactions=1_500, groups=3))
+    ds.interactions["timestamp"] = pd.Timestamp("2003-03-01", tz="UTC")
+    ds.interactions["split"] = ["test" if i % 5 == 0 else "train" for i in range(1_500)]
+    prof = store.profile(copy_repo(tmp_path))
+    offline.write(offline.build(ds), prof.offline_dir)
+    store.apply(prof)
+    seen = {}
+
+    def capture(user_tower, item_tower, users, item_rows, *rest):
+        seen.update(users=users, items=item_rows)
+        return {"best_epoch": 1, "val_recall@20": 0.0, "history": []}
+
+    monkeypatch.setattr(training, "train", capture)
+    version = training.run(prof, tmp_path / "art", TrainConfig(epochs=1), training.SplitConfig())
+    assert artifacts.manifest(version)["split"]["train_features"].startswith("as of test_time")
+    assert (seen["users"]["numeric"][:, 1] == 1).all()  # every row sees its user's history
+    labels = seen["items"] + 1  # catalogue row r holds item r + 1
+    assert not (seen["users"]["recent_items"] == labels[:, None]).any()
