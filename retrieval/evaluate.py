@@ -15,15 +15,18 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp_sparse
 
 from retrieval import artifacts, index, metrics, store
-from retrieval.training import SERVICES, Split, SplitConfig, catalogue_frame, split
-from towers import nn as tnn
-from towers.features import training_frame
-from towers.inputs import Vocab, item_inputs, user_inputs
-from towers.item_tower import ItemTower
-from towers.train import embed
-from towers.user_tower import UserTower
+from retrieval.training import (
+    Split,
+    SplitConfig,
+    catalogue_frame,
+    embed_items,
+    embed_users,
+    split,
+    vocab_of,
+)
 
 K_VALUES = (10, 20, 50, 100)
+K_MAX = max(K_VALUES)
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def scored(top: list[list[int]], proto: Protocol, temporal: bool) -> dict:
 
 
 def ann_top(
-    version: Path, users: np.ndarray, items: np.ndarray, proto: Protocol, k: int
+    version: Path, users: np.ndarray, items: np.ndarray, proto: Protocol, k: int = K_MAX
 ) -> list[list[int]]:
     """Top k through the version's FAISS index, over-fetched to make room for excluded items."""
     built, info = index.load(version)
@@ -139,47 +142,44 @@ def ann_top(
 
 
 def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
+    """Every model on the latest version's test split; the JSON `ttr evaluate --json` writes."""
     version = artifacts.latest(root)
     manifest = artifacts.manifest(version)
-    split_cfg = SplitConfig(
-        cutoff=manifest["split"]["cutoff"], validation=manifest["split"]["validation"]
-    )
+    split_cfg = SplitConfig(manifest["split"]["cutoff"], manifest["split"]["validation"])
     inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
     sp = split(inter, manifest["dataset"], split_cfg, manifest["train"]["seed"])
     feast_store = store.open_store(prof)
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
     row_of = {int(item): row for row, item in enumerate(catalogue["item_id"])}
-    before = pd.concat([sp.train, sp.validation])
-    proto = protocol(before, sp.test, row_of)
-    vocab = Vocab(
-        genres=tuple(manifest["vocab"]["genres"]), num_items=manifest["vocab"]["num_items"]
-    )
-    entities = pd.DataFrame({"user_id": proto.users, "event_timestamp": sp.test_time})
-    frame = training_frame(feast_store, SERVICES["user"], entities)
-    users = embed(tnn.load(UserTower, version, "user_tower"), user_inputs(frame, vocab)).numpy()
-    items = embed(tnn.load(ItemTower, version, "item_tower"), item_inputs(catalogue, vocab)).numpy()
-    temporal = sp.kind == "temporal"
-    ials, ials_params = tuned_ials(sp, row_of, cfg, proto.users)
-    k = max(K_VALUES)
-    models = {
-        "popularity": scored(
-            top_k(popularity_scores(before, row_of, len(proto.users)), proto.exclude, k),
-            proto,
-            temporal,
-        ),
-        "ials": scored(top_k(ials, proto.exclude, k), proto, temporal),
-        "two_tower": scored(top_k(users @ items.T, proto.exclude, k), proto, temporal),
-    }
+    proto = protocol(pd.concat([sp.train, sp.validation]), sp.test, row_of)
+    vocab = vocab_of(manifest)
+    users = embed_users(feast_store, version, vocab, proto.users, sp.test_time)
+    items = embed_items(version, vocab, catalogue)
+    tops, ials_params = rankings(sp, row_of, proto, users, items, cfg)
     if (version / "index.json").exists():
-        models["two_tower_ann"] = scored(
-            ann_top(version, users, catalogue["item_id"].to_numpy(), proto, k), proto, temporal
-        )
+        tops["two_tower_ann"] = ann_top(version, users, catalogue["item_id"].to_numpy(), proto)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
     return {
         "dataset": manifest["dataset"],
         "split": {"kind": sp.kind, **asdict(split_cfg), **users_info},
-        "model_version": manifest["version"], "ials": ials_params, "models": models,
+        "model_version": manifest["version"], "ials": ials_params,
+        "models": {name: scored(top, proto, sp.kind == "temporal") for name, top in tops.items()},
     }  # fmt: skip
+
+
+def rankings(
+    sp: Split, row_of: dict[int, int], proto: Protocol, users: np.ndarray, items: np.ndarray,
+    cfg: EvalConfig,
+) -> tuple[dict[str, list[list[int]]], dict]:  # fmt: skip
+    """Each baseline's and the two-tower's top K_MAX for every test user."""
+    before = pd.concat([sp.train, sp.validation])
+    ials, ials_params = tuned_ials(sp, row_of, cfg, proto.users)
+    scores = {
+        "popularity": popularity_scores(before, row_of, len(proto.users)),
+        "ials": ials,
+        "two_tower": users @ items.T,
+    }
+    return {name: top_k(s, proto.exclude, K_MAX) for name, s in scores.items()}, ials_params
 
 
 def table(result: dict) -> str:

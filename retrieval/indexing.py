@@ -15,13 +15,7 @@ from retrieval import artifacts, index, store
 from retrieval.errors import TTRError
 from retrieval.materialize import materialize_view
 from retrieval.offline import read_meta, write_table
-from retrieval.training import SERVICES, catalogue_frame
-from towers import nn as tnn
-from towers.features import training_frame
-from towers.inputs import Vocab, item_inputs, user_inputs
-from towers.item_tower import ItemTower
-from towers.train import embed
-from towers.user_tower import UserTower
+from retrieval.training import catalogue_frame, embed_items, embed_users, vocab_of
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -33,15 +27,16 @@ def run(prof: store.Profile, root: Path, cfg: index.IndexConfig) -> dict:
     manifest = artifacts.manifest(version)
     if manifest.get("stage") != "train":
         raise TTRError(f"{version} holds no trained towers")
-    vocab = Vocab(
-        genres=tuple(manifest["vocab"]["genres"]), num_items=manifest["vocab"]["num_items"]
-    )
-    at = pd.Timestamp(manifest["split"]["test_time"])
+    vocab, at = vocab_of(manifest), pd.Timestamp(manifest["split"]["test_time"])
     feast_store = store.open_store(prof)
     view = embedding_view(feast_store)  # before anything is written
     catalogue = catalogue_frame(feast_store, prof.offline_dir, at)
-    items = embed(tnn.load(ItemTower, version, "item_tower"), item_inputs(catalogue, vocab)).numpy()
-    queries = query_sample(feast_store, prof, version, vocab, at, cfg.queries)
+    items = embed_items(version, vocab, catalogue)
+    users = pd.read_parquet(prof.offline_dir / "user_profile.parquet", columns=["user_id"])[
+        "user_id"
+    ]
+    sample = np.sort(users.sample(min(cfg.queries, len(users)), random_state=0).to_numpy())
+    queries = embed_users(feast_store, version, vocab, sample, at)  # what the index will answer
     built = index.build(items, catalogue["item_id"].to_numpy(), queries, cfg)
     info = index.save(built, version, {"model_version": manifest["version"], "k": cfg.k})
     info["online_rows"] = publish_embeddings(
@@ -70,15 +65,3 @@ def publish_embeddings(feast_store: FeatureStore, view: FeatureView, prof: store
     write_table(table, prof.offline_dir / "item_embedding.parquet")
 
     return materialize_view(feast_store, view, end, end)
-
-
-def query_sample(
-    feast_store: FeatureStore, prof: store.Profile, version: Path, vocab: Vocab, at: pd.Timestamp,
-    n: int,
-) -> np.ndarray:  # fmt: skip
-    """User-tower embeddings of up to `n` users: the queries the index will answer."""
-    users = pd.read_parquet(prof.offline_dir / "user_profile.parquet", columns=["user_id"])
-    sample = users["user_id"].sample(min(n, len(users)), random_state=0).sort_values()
-    entities = pd.DataFrame({"user_id": sample, "event_timestamp": at})
-    frame = training_frame(feast_store, SERVICES["user"], entities)
-    return embed(tnn.load(UserTower, version, "user_tower"), user_inputs(frame, vocab)).numpy()

@@ -20,7 +20,7 @@ from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
-from towers.train import TrainConfig, Validation, train
+from towers.train import TrainConfig, Validation, embed, train
 from towers.user_tower import UserTower, UserTowerConfig
 
 if TYPE_CHECKING:
@@ -89,6 +89,26 @@ def validation_set(
     seen = sp.train.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
     return Validation(user_inputs(frame, vocab), [relevant[u] for u in users],
                       [seen.get(u, set()) for u in users])  # fmt: skip
+
+
+def vocab_of(manifest: dict) -> Vocab:
+    """The vocabulary a trained version was built with, from its manifest."""
+    return Vocab(
+        genres=tuple(manifest["vocab"]["genres"]), num_items=manifest["vocab"]["num_items"]
+    )
+
+
+def embed_users(feast_store: FeatureStore, version: Path, vocab: Vocab, user_ids: np.ndarray,
+                at: pd.Timestamp) -> np.ndarray:  # fmt: skip
+    """The version's user-tower embeddings of `user_ids`, features as of `at`."""
+    entities = pd.DataFrame({"user_id": user_ids, "event_timestamp": at})
+    frame = training_frame(feast_store, SERVICES["user"], entities)
+    return embed(tnn.load(UserTower, version, "user_tower"), user_inputs(frame, vocab)).numpy()
+
+
+def embed_items(version: Path, vocab: Vocab, catalogue: pd.DataFrame) -> np.ndarray:
+    """The version's item-tower embeddings of every catalogue row."""
+    return embed(tnn.load(ItemTower, version, "item_tower"), item_inputs(catalogue, vocab)).numpy()
 
 
 def timeless(sp: Split) -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from retrieval import artifacts, indexing, store, training
 from retrieval.cli import run
@@ -108,11 +108,11 @@ def test_nan_embeddings_stop_the_build_and_keep_the_previous_index(world, monkey
     repo, root = world
     assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 0
     before = (artifacts.latest(root) / "index.faiss").read_bytes()
-    monkeypatch.setattr(
-        indexing,
-        "embed",
-        lambda tower, x: torch.full((len(next(iter(x.values()))), 64), float("nan")),
-    )
+
+    def nan_items(version, vocab, catalogue):
+        return np.full((len(catalogue), 64), np.nan)
+
+    monkeypatch.setattr(indexing, "embed_items", nan_items)
     assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 1
     assert "NaN" in capsys.readouterr().err
     assert (artifacts.latest(root) / "index.faiss").read_bytes() == before
