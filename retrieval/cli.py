@@ -128,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from retrieval import evaluate, store
 
     prof = store.profile(args.repo, args.online_store)
-    result = evaluate.run(prof, Path(args.artifacts), evaluate.EvalConfig())
+    result = evaluate.run(prof, Path(args.artifacts), evaluate.EvalConfig(), args.ablation)
     print(evaluate.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="full-ranking metrics on the test split, with baselines")
     p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
     p.add_argument("--json", default=None, help="also write the results to this file")
+    p.add_argument("--ablation", action="store_true",
+                   help="also retrain the towers on each subset of item-tower inputs")  # fmt: skip
     _common(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("quickstart", help="data, apply, materialize and one user's features")

@@ -21,12 +21,20 @@ from retrieval.training import (
     catalogue_frame,
     embed_items,
     embed_users,
+    fit,
+    load_towers,
     split,
     vocab_of,
 )
+from towers.train import TrainConfig
 
 K_VALUES = (10, 20, 50, 100)
 K_MAX = max(K_VALUES)
+ABLATION = {  # the image input joins when posters have vectors (the content-encoder issue)
+    "id": ("id",),
+    "id+categorical": ("id", "categorical"),
+    "id+categorical+text": ("id", "categorical", "text"),
+}
 
 
 @dataclass(frozen=True)
@@ -141,8 +149,9 @@ def ann_top(
             for row, done in zip(ids, proto.exclude, strict=True)]  # fmt: skip
 
 
-def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
-    """Every model on the latest version's test split; the JSON `ttr evaluate --json` writes."""
+def run(prof: store.Profile, root: Path, cfg: EvalConfig, ablation: bool = False) -> dict:
+    """Every model on the latest version's test split, and with `ablation` the two-tower
+    retrained on each subset of item-tower inputs; the JSON `ttr evaluate --json` writes."""
     version = artifacts.latest(root)
     manifest = artifacts.manifest(version)
     split_cfg = SplitConfig(manifest["split"]["cutoff"], manifest["split"]["validation"])
@@ -153,18 +162,42 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
     row_of = {int(item): row for row, item in enumerate(catalogue["item_id"])}
     proto = protocol(pd.concat([sp.train, sp.validation]), sp.test, row_of)
     vocab = vocab_of(manifest)
-    users = embed_users(feast_store, version, vocab, proto.users, sp.test_time)
-    items = embed_items(version, vocab, catalogue)
+    user_tower, item_tower = load_towers(version)
+    users = embed_users(feast_store, user_tower, vocab, proto.users, sp.test_time)
+    items = embed_items(item_tower, vocab, catalogue)
     tops, ials_params = rankings(sp, row_of, proto, users, items, cfg)
     if (version / "index.json").exists():
         tops["two_tower_ann"] = ann_top(version, users, catalogue["item_id"].to_numpy(), proto)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
-    return {
+    temporal = sp.kind == "temporal"
+    result = {
         "dataset": manifest["dataset"],
         "split": {"kind": sp.kind, **asdict(split_cfg), **users_info},
         "model_version": manifest["version"], "ials": ials_params,
-        "models": {name: scored(top, proto, sp.kind == "temporal") for name, top in tops.items()},
+        "models": {name: scored(top, proto, temporal) for name, top in tops.items()},
     }  # fmt: skip
+    if ablation:
+        train_cfg = TrainConfig(**manifest["train"])
+        result["ablation"] = {
+            name: scored(ablated(prof, train_cfg, split_cfg, modalities, catalogue, proto),
+                         proto, temporal)
+            for name, modalities in ABLATION.items()
+        }  # fmt: skip
+    return result
+
+
+def ablated(
+    prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig, modalities: tuple[str, ...],
+    catalogue: pd.DataFrame, proto: Protocol,
+) -> list[list[int]]:  # fmt: skip
+    """Top K_MAX of the two-tower retrained with the item tower on `modalities` only."""
+    print(f"ablation: item tower on {'+'.join(modalities)}")
+    f = fit(prof, cfg, split_cfg, modalities)
+    users = embed_users(
+        store.open_store(prof), f.user_tower, f.vocab, proto.users, f.split.test_time
+    )
+    items = embed_items(f.item_tower, f.vocab, catalogue)
+    return top_k(users @ items.T, proto.exclude, K_MAX)
 
 
 def rankings(

@@ -15,7 +15,7 @@ from retrieval import artifacts, index, store
 from retrieval.errors import TTRError
 from retrieval.materialize import materialize_view
 from retrieval.offline import read_meta, write_table
-from retrieval.training import catalogue_frame, embed_items, embed_users, vocab_of
+from retrieval.training import catalogue_frame, embed_items, embed_users, load_towers, vocab_of
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -31,12 +31,13 @@ def run(prof: store.Profile, root: Path, cfg: index.IndexConfig) -> dict:
     feast_store = store.open_store(prof)
     view = embedding_view(feast_store)  # before anything is written
     catalogue = catalogue_frame(feast_store, prof.offline_dir, at)
-    items = embed_items(version, vocab, catalogue)
+    user_tower, item_tower = load_towers(version)
+    items = embed_items(item_tower, vocab, catalogue)
     users = pd.read_parquet(prof.offline_dir / "user_profile.parquet", columns=["user_id"])[
         "user_id"
     ]
     sample = np.sort(users.sample(min(cfg.queries, len(users)), random_state=0).to_numpy())
-    queries = embed_users(feast_store, version, vocab, sample, at)  # what the index will answer
+    queries = embed_users(feast_store, user_tower, vocab, sample, at)  # what the index will answer
     built = index.build(items, catalogue["item_id"].to_numpy(), queries, cfg)
     info = index.save(built, version, {"model_version": manifest["version"], "k": cfg.k})
     info["online_rows"] = publish_embeddings(

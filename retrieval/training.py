@@ -98,17 +98,21 @@ def vocab_of(manifest: dict) -> Vocab:
     )
 
 
-def embed_users(feast_store: FeatureStore, version: Path, vocab: Vocab, user_ids: np.ndarray,
+def embed_users(feast_store: FeatureStore, tower: UserTower, vocab: Vocab, user_ids: np.ndarray,
                 at: pd.Timestamp) -> np.ndarray:  # fmt: skip
-    """The version's user-tower embeddings of `user_ids`, features as of `at`."""
+    """User-tower embeddings of `user_ids`, features as of `at`."""
     entities = pd.DataFrame({"user_id": user_ids, "event_timestamp": at})
     frame = training_frame(feast_store, SERVICES["user"], entities)
-    return embed(tnn.load(UserTower, version, "user_tower"), user_inputs(frame, vocab)).numpy()
+    return embed(tower, user_inputs(frame, vocab)).numpy()
 
 
-def embed_items(version: Path, vocab: Vocab, catalogue: pd.DataFrame) -> np.ndarray:
-    """The version's item-tower embeddings of every catalogue row."""
-    return embed(tnn.load(ItemTower, version, "item_tower"), item_inputs(catalogue, vocab)).numpy()
+def embed_items(tower: ItemTower, vocab: Vocab, catalogue: pd.DataFrame) -> np.ndarray:
+    """Item-tower embeddings of every catalogue row."""
+    return embed(tower, item_inputs(catalogue, vocab)).numpy()
+
+
+def load_towers(version: Path) -> tuple[UserTower, ItemTower]:
+    return tnn.load(UserTower, version, "user_tower"), tnn.load(ItemTower, version, "item_tower")
 
 
 def timeless(sp: Split) -> bool:
@@ -131,8 +135,20 @@ def training_users(feast_store: FeatureStore, sp: Split, vocab: Vocab) -> tuple[
     return frame, users
 
 
-def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig) -> Path:
-    """Train on the repository's offline data; returns the published version directory."""
+@dataclass
+class Fitted:
+    user_tower: UserTower
+    item_tower: ItemTower
+    result: dict  # best epoch, validation recall, history
+    vocab: Vocab
+    split: Split
+    meta: dict  # the offline store's dataset.json
+    seconds: float
+
+
+def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
+        modalities: tuple[str, ...] = ItemTowerConfig.modalities) -> Fitted:  # fmt: skip
+    """Both towers trained on the repository's offline data (the item tower on `modalities`)."""
     meta = read_meta(prof.offline_dir)
     inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
     sp = split(inter, meta["dataset"], split_cfg, cfg.seed)
@@ -145,7 +161,9 @@ def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfi
     frame, users = training_users(feast_store, sp, vocab)
     counts = np.bincount([row_of[i] for i in sp.train["item_id"]], minlength=len(row_of)) + 1.0
     user_tower = UserTower(UserTowerConfig(vocab.num_items, len(vocab.genres)))
-    item_tower = ItemTower(ItemTowerConfig(vocab.num_items, len(vocab.genres)))
+    item_tower = ItemTower(
+        ItemTowerConfig(vocab.num_items, len(vocab.genres), modalities=modalities)
+    )
     began = time.perf_counter()
     result = train(
         user_tower, item_tower, users,
@@ -153,12 +171,20 @@ def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfi
         torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)),
         item_inputs(catalogue, vocab), validation_set(feast_store, sp, vocab, row_of), cfg,
     )  # fmt: skip
-    info = {"dataset": meta["dataset"], "data_time_range": [meta["start"], meta["end"]],
-            "vocab": asdict(vocab), "split": _split_info(sp, split_cfg), "train": asdict(cfg),
-            "seconds": time.perf_counter() - began, "metrics": result}  # fmt: skip
+    return Fitted(user_tower, item_tower, result, vocab, sp, meta, time.perf_counter() - began)
+
+
+def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig) -> Path:
+    """Train on the repository's offline data; returns the published version directory."""
+    f = fit(prof, cfg, split_cfg)
+    info = {
+        "dataset": f.meta["dataset"], "data_time_range": [f.meta["start"], f.meta["end"]],
+        "vocab": asdict(f.vocab), "split": _split_info(f.split, split_cfg), "train": asdict(cfg),
+        "seconds": f.seconds, "metrics": f.result,
+    }  # fmt: skip
     with artifacts.staging(root) as staged:
-        tnn.save(user_tower, staged, "user_tower")
-        tnn.save(item_tower, staged, "item_tower")
+        tnn.save(f.user_tower, staged, "user_tower")
+        tnn.save(f.item_tower, staged, "item_tower")
         return artifacts.publish(
             root, staged, {"stage": "train", "feature_services": SERVICES, **info}
         )

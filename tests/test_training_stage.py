@@ -162,3 +162,23 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     assert (seen["users"]["numeric"][:, 1] == 1).all()  # every row sees its user's history
     labels = seen["items"] + 1  # catalogue row r holds item r + 1
     assert not (seen["users"]["recent_items"] == labels[:, None]).any()
+
+
+def test_evaluate_ablation_retrains_on_each_input_subset(world, tmp_path):
+    repo, root = world
+    out = tmp_path / "ablation.json"
+    argv = [
+        "evaluate",
+        "--ablation",
+        "--repo",
+        str(repo),
+        "--artifacts",
+        str(root),
+        "--json",
+        str(out),
+    ]
+    assert run(argv) == 0
+    ablation = json.loads(out.read_text())["ablation"]
+    assert list(ablation) == ["id", "id+categorical", "id+categorical+text"]
+    assert all(0 < variant["recall@20"] <= 1 for variant in ablation.values())
+    assert len({variant["recall@20"] for variant in ablation.values()}) == 3  # distinct models
