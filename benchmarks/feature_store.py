@@ -76,12 +76,7 @@ def timed(call, n: int, warmup: int = 50) -> dict[str, float]:
 
 def make_repo(dest: Path, offline_dir: Path | None, project: str) -> Path:
     """A copy of feature_repo/ under its own project; offline files shared by symlink."""
-    repo = dest / project
-    shutil.copytree(
-        ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__")
-    )
-    yaml_path = repo / "feature_store.yaml"
-    yaml_path.write_text(yaml_path.read_text().replace("project: ttr", f"project: {project}"))
+    repo = store.copy_repo(ROOT / "feature_repo", dest / project, project)
     (repo / "data").mkdir()
     if offline_dir is not None:
         (repo / "data" / "offline").symlink_to(offline_dir)

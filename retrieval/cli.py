@@ -100,13 +100,13 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from retrieval import store, training
+    from retrieval import artifacts, store, training
     from towers.train import TrainConfig
 
     prof = store.profile(args.repo, args.online_store)
     cfg, split_cfg = _config_from(TrainConfig, args), _config_from(training.SplitConfig, args)
     version = training.run(prof, Path(args.artifacts), cfg, split_cfg)
-    metrics = json.loads((version / "manifest.json").read_text())["metrics"]
+    metrics = artifacts.manifest(version)["metrics"]
     k = cfg.k
     print(f"trained: best epoch {metrics['best_epoch']}, validation recall@{k} "
           f"{metrics[f'val_recall@{k}']:.4f} -> {version} (now latest)")  # fmt: skip

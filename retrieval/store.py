@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import shutil
 import time
 import urllib.parse
 import warnings
@@ -46,6 +48,15 @@ def profile(repo: str | Path, online_store: str | None = None) -> Profile:
     if not (path / "feature_store.yaml").is_file():
         raise TTRError(f"no feature repository at {path} (feature_store.yaml not found)")
     return Profile(path, online_store or os.environ.get(ONLINE_STORE_ENV) or None)
+
+
+def copy_repo(source: Path, dest: Path, project: str) -> Path:
+    """A copy of the repository's declarations (not its data) at `dest`, as Feast project
+    `project`: a second store over the same definitions, for tests and benchmarks."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    yaml_path = dest / "feature_store.yaml"
+    yaml_path.write_text(re.sub(r"(?m)^project: .*$", f"project: {project}", yaml_path.read_text()))
+    return dest
 
 
 def redis_settings(url: str) -> tuple[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 import uuid
@@ -43,13 +42,7 @@ def need_data(name: str) -> Path:
 
 def copy_repo(dest: Path, project: str = "ttr") -> Path:
     """A copy of feature_repo/ without its data, under its own Feast project name."""
-    repo = dest / "feature_repo"
-    shutil.copytree(
-        ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__")
-    )
-    yaml_path = repo / "feature_store.yaml"
-    yaml_path.write_text(yaml_path.read_text().replace("project: ttr", f"project: {project}"))
-    return repo
+    return store.copy_repo(ROOT / "feature_repo", dest / "feature_repo", project)
 
 
 @pytest.fixture
