@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 from retrieval.datasets import Dataset
 from retrieval.errors import TTRError
 
-RECENT_ITEMS = 20  # length of the user's recent-items list
 POPULARITY_WINDOW_DAYS = 30
 DAY_US = 86_400_000_000
 BUCKETS = {"day": DAY_US, "hour": DAY_US // 24}
@@ -34,10 +33,14 @@ BUCKETS = {"day": DAY_US, "hour": DAY_US // 24}
 @dataclass(frozen=True)
 class FeatureConfig:
     activity_bucket: Literal["day", "hour"] = "day"  # one user_activity row per active bucket
+    recent_items: int = 20  # length of the user's recent-items list (most recent first)
+    seen_items: int = 2000  # cap on user_history's list of every item so far (serving drops them)
 
     def __post_init__(self) -> None:
         if self.activity_bucket not in BUCKETS:
             raise TTRError(f"activity bucket {self.activity_bucket!r}: choose day or hour")
+        if min(self.recent_items, self.seen_items) < 1:
+            raise TTRError("recent items and seen items must be at least 1")
 
 
 TS = pa.timestamp("us", tz="UTC")  # DuckDB's offline store wants microseconds
@@ -47,6 +50,7 @@ TS = pa.timestamp("us", tz="UTC")  # DuckDB's offline store wants microseconds
 class Tables:
     user_profile: pa.Table
     user_activity: pa.Table
+    user_history: pa.Table
     item_content: pa.Table
     item_popularity: pa.Table
     interactions: pa.Table
@@ -73,12 +77,15 @@ def build(
         "start": pd.Timestamp(start_us, unit="us", tz="UTC").isoformat(),
         "end": pd.Timestamp(end_us, unit="us", tz="UTC").isoformat(),
         "counts": {"users": len(ds.users), "items": len(ds.items), "interactions": len(inter)},
-        "recent_items": RECENT_ITEMS,
+        "recent_items": cfg.recent_items,
         "activity_bucket": cfg.activity_bucket,
     }
     makers = {
         "user_profile": lambda: _static(ds.users, start_us),
-        "user_activity": lambda: user_activity(feat, genre_matrix, BUCKETS[cfg.activity_bucket]),
+        "user_activity": lambda: user_activity(
+            feat, genre_matrix, BUCKETS[cfg.activity_bucket], cfg.recent_items
+        ),
+        "user_history": lambda: user_history(feat, BUCKETS[cfg.activity_bucket], cfg.seen_items),
         "item_content": lambda: _static(ds.items, start_us),
         "item_popularity": lambda: item_popularity(feat),
         "interactions": lambda: _interactions(inter),
@@ -134,7 +141,10 @@ def _runs(keys: np.ndarray, buckets: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def user_activity(
-    inter: pd.DataFrame, genres: tuple[np.ndarray, np.ndarray], bucket_us: int = DAY_US
+    inter: pd.DataFrame,
+    genres: tuple[np.ndarray, np.ndarray],
+    bucket_us: int = DAY_US,
+    recent: int = 20,
 ) -> pa.Table:
     """Cumulative count, mean rating, genre shares and recent items per user per active bucket
     (a day or an hour), stamped at the bucket's end."""
@@ -157,7 +167,23 @@ def user_activity(
             "interaction_count": (ends - first).astype(np.int64),
             "mean_rating": pa.array(mean, mask=np.isnan(mean)),
             "genre_shares": _lists(shares.astype(np.float32)),
-            "recent_items": _recent(inter["item_id"].to_numpy(), first, ends),
+            "recent_items": _recent(inter["item_id"].to_numpy(), first, ends, recent),
+        }
+    )
+
+
+def user_history(inter: pd.DataFrame, bucket_us: int, keep: int) -> pa.Table:
+    """Every item each user has interacted with (the last `keep`, most recent first), per active
+    bucket, stamped at the bucket's end: what serving drops from a user's candidates."""
+    users = inter["user_id"].to_numpy()
+    us = _micros(inter["timestamp"])
+    starts, ends = _runs(users, _day_floor(us, bucket_us))
+    first = np.searchsorted(users, users[starts])
+    return pa.table(
+        {
+            "user_id": users[starts],
+            "event_timestamp": _ts(_day_floor(us[starts], bucket_us) + bucket_us),
+            "seen_items": _recent(inter["item_id"].to_numpy(), first, ends, keep),
         }
     )
 
@@ -184,9 +210,9 @@ def _lists(matrix: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(matrix.reshape(-1)))
 
 
-def _recent(items: np.ndarray, first: np.ndarray, ends: np.ndarray) -> pa.Array:
-    """The last RECENT_ITEMS items before each end, most recent first, within the user's rows."""
-    lengths = np.minimum(ends - first, RECENT_ITEMS)
+def _recent(items: np.ndarray, first: np.ndarray, ends: np.ndarray, keep: int) -> pa.Array:
+    """The last `keep` items before each end, most recent first, within the user's rows."""
+    lengths = np.minimum(ends - first, keep)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     owner = np.repeat(np.arange(len(ends)), lengths)
     rank = np.arange(offsets[-1]) - offsets[owner]  # 0 = most recent
@@ -232,7 +258,14 @@ def item_popularity(inter: pd.DataFrame) -> pa.Table:
     )
 
 
-TABLES = ("user_profile", "user_activity", "item_content", "item_popularity", "interactions")
+TABLES = (
+    "user_profile",
+    "user_activity",
+    "user_history",
+    "item_content",
+    "item_popularity",
+    "interactions",
+)
 
 
 def write(tables: Tables, offline_dir: Path) -> list[Path]:

@@ -3,6 +3,7 @@ towers, and publish them as a new artifact version."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 import torch
 
@@ -20,7 +22,7 @@ from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
-from towers.train import TrainConfig, Validation, embed, train
+from towers.train import Inputs, TrainConfig, Validation, embed, train
 from towers.user_tower import UserTower, UserTowerConfig
 
 if TYPE_CHECKING:
@@ -75,35 +77,55 @@ def catalogue_frame(feast_store: FeatureStore, offline_dir: Path, at: pd.Timesta
     return training_frame(feast_store, SERVICES["item"], entities)
 
 
+def held_out(sp: Split, items: frozenset[int]) -> Split:
+    """The split with `items` removed from training and validation entirely."""
+
+    def keep(f: pd.DataFrame) -> pd.DataFrame:
+        return f[~f["item_id"].isin(items)]
+
+    return dataclasses.replace(sp, train=keep(sp.train), validation=keep(sp.validation))
+
+
+def blanked(users: Inputs, items: frozenset[int]) -> Inputs:
+    """User inputs with `items` taken out of the recent-items lists."""
+    if not items:
+        return users
+    recent = users["recent_items"]
+    hidden = torch.isin(recent, torch.tensor(sorted(items)))
+    return {**users, "recent_items": recent.masked_fill(hidden, 0)}
+
+
 def validation_set(
-    feast_store: FeatureStore, sp: Split, vocab: Vocab, row_of: dict[int, int]
-) -> Validation:
+    feast_store: FeatureStore, sp: Split, vocab: Vocab, row_of: dict[int, int],
+    hidden: frozenset[int] = frozenset(),
+) -> Validation:  # fmt: skip
     """Validation users with their features as of the validation time, and their items."""
     users = np.sort(sp.validation["user_id"].unique())
-    frame = training_frame(
-        feast_store,
-        SERVICES["user"],
-        pd.DataFrame({"user_id": users, "event_timestamp": sp.validation_time}),
-    )
     relevant = sp.validation.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
     seen = sp.train.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
-    return Validation(user_inputs(frame, vocab), [relevant[u] for u in users],
-                      [seen.get(u, set()) for u in users])  # fmt: skip
+    return Validation(
+        user_features(feast_store, vocab, users, sp.validation_time, hidden),
+        [relevant[u] for u in users], [seen.get(u, set()) for u in users],
+    )  # fmt: skip
 
 
 def vocab_of(manifest: dict) -> Vocab:
     """The vocabulary a trained version was built with, from its manifest."""
-    return Vocab(
-        genres=tuple(manifest["vocab"]["genres"]), num_items=manifest["vocab"]["num_items"]
-    )
+    return Vocab(**{**manifest["vocab"], "genres": tuple(manifest["vocab"]["genres"])})
+
+
+def user_features(feast_store: FeatureStore, vocab: Vocab, user_ids: np.ndarray,
+                  at: pd.Timestamp, hidden: frozenset[int] = frozenset()) -> Inputs:  # fmt: skip
+    """User-tower inputs of `user_ids`, features as of `at`, `hidden` items blanked."""
+    entities = pd.DataFrame({"user_id": user_ids, "event_timestamp": at})
+    frame = training_frame(feast_store, SERVICES["user"], entities)
+    return blanked(user_inputs(frame, vocab), hidden)
 
 
 def embed_users(feast_store: FeatureStore, tower: UserTower, vocab: Vocab, user_ids: np.ndarray,
-                at: pd.Timestamp) -> np.ndarray:  # fmt: skip
-    """User-tower embeddings of `user_ids`, features as of `at`."""
-    entities = pd.DataFrame({"user_id": user_ids, "event_timestamp": at})
-    frame = training_frame(feast_store, SERVICES["user"], entities)
-    return embed(tower, user_inputs(frame, vocab)).numpy()
+                at: pd.Timestamp, hidden: frozenset[int] = frozenset()) -> np.ndarray:  # fmt: skip
+    """User-tower embeddings of `user_ids`, features as of `at`, `hidden` items blanked."""
+    return embed(tower, user_features(feast_store, vocab, user_ids, at, hidden)).numpy()
 
 
 def embed_items(tower: ItemTower, vocab: Vocab, catalogue: pd.DataFrame) -> np.ndarray:
@@ -120,19 +142,35 @@ def timeless(sp: Split) -> bool:
     return sp.train["event_timestamp"].nunique() == 1
 
 
-def training_users(feast_store: FeatureStore, sp: Split, vocab: Vocab) -> tuple[pd.DataFrame, dict]:
+def training_users(
+    feast_store: FeatureStore, rows: pd.DataFrame, vocab: Vocab, hidden: frozenset[int],
+    as_of: pd.Timestamp | None,
+) -> tuple[pd.DataFrame, Inputs]:  # fmt: skip
     """The training rows' user features and tensors. Point in time where the rows have an order;
-    where they have none, as of the end of training (the only time the history exists), with the
+    where they have none, `as_of` the end of training (the only time the history exists), with the
     row's own item blanked from its recent items so the label does not sit among the inputs."""
-    entities = sp.train[["user_id", "item_id", "event_timestamp"]]
-    if timeless(sp):
-        entities = entities.assign(event_timestamp=sp.test_time)
+    entities = rows[["user_id", "item_id", "event_timestamp"]]
+    if as_of is not None:
+        entities = entities.assign(event_timestamp=as_of)
     frame = training_frame(feast_store, SERVICES["user"], entities)
-    users = user_inputs(frame, vocab)
-    if timeless(sp):
+    users = blanked(user_inputs(frame, vocab), hidden)
+    if as_of is not None:
         label = torch.tensor(frame["item_id"].to_numpy())[:, None]
         users["recent_items"] = users["recent_items"].masked_fill(users["recent_items"] == label, 0)
     return frame, users
+
+
+@dataclass(frozen=True)
+class World:
+    """What every training run on one split shares: the store, the vocabulary, the catalogue."""
+
+    feast_store: FeatureStore
+    vocab: Vocab
+    catalogue: pd.DataFrame  # item_tower features, one row per item in id order
+    items: Inputs  # the catalogue as item-tower inputs
+    row_of: dict[int, int]  # item id -> catalogue row
+    hidden: frozenset[int]  # items held out of training entirely
+    as_of: pd.Timestamp | None  # where the rows carry no time: user features as of this time
 
 
 @dataclass
@@ -144,34 +182,73 @@ class Fitted:
     split: Split
     meta: dict  # the offline store's dataset.json
     seconds: float
+    hidden: frozenset[int]  # items held out of training entirely
 
 
 def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
-        modalities: tuple[str, ...] = ItemTowerConfig.modalities) -> Fitted:  # fmt: skip
-    """Both towers trained on the repository's offline data (the item tower on `modalities`)."""
+        modalities: tuple[str, ...] = ItemTowerConfig.modalities,
+        hidden: frozenset[int] = frozenset()) -> Fitted:  # fmt: skip
+    """Both towers trained on the repository's offline data (the item tower on `modalities`),
+    the `hidden` items kept out of training, validation and the users' recent items: early
+    stopping on validation, then (`cfg.refit`) afresh on training and validation rows for the
+    best number of epochs."""
     meta = read_meta(prof.offline_dir)
     inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
-    sp = split(inter, meta["dataset"], split_cfg, cfg.seed)
+    sp = held_out(split(inter, meta["dataset"], split_cfg, cfg.seed), hidden)
     if sp.train.empty or sp.validation.empty:
         raise TTRError(f"{meta['dataset']}: the split leaves no training or validation rows")
     feast_store = store.open_store(prof)
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
-    vocab = Vocab(genres=tuple(meta["genres"]), num_items=int(catalogue["item_id"].max()) + 1)
+    user_ids = pq.read_table(prof.offline_dir / "user_profile.parquet", columns=["user_id"])
+    vocab = Vocab(
+        genres=tuple(meta["genres"]),
+        num_items=int(catalogue["item_id"].max()) + 1,
+        num_users=int(pa_compute.max(user_ids["user_id"]).as_py()) + 1,
+    )
     row_of = {int(item): row for row, item in enumerate(catalogue["item_id"])}
-    frame, users = training_users(feast_store, sp, vocab)
-    counts = np.bincount([row_of[i] for i in sp.train["item_id"]], minlength=len(row_of)) + 1.0
-    user_tower = UserTower(UserTowerConfig(vocab.num_items, len(vocab.genres)))
+    as_of = sp.test_time if timeless(sp) else None
+    world = World(
+        feast_store, vocab, catalogue, item_inputs(catalogue, vocab), row_of, hidden, as_of
+    )
+    began = time.perf_counter()
+    validation = validation_set(feast_store, sp, vocab, row_of, hidden)
+    user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities)
+    if cfg.refit:
+        again = dataclasses.replace(cfg, epochs=result["best_epoch"])
+        print(f"refit: training + validation rows, {again.epochs} epochs")
+        rows = pd.concat([sp.train, sp.validation])
+        user_tower, item_tower, result["refit"] = _towers(world, rows, None, again, modalities)
+    seconds = time.perf_counter() - began
+    return Fitted(user_tower, item_tower, result, vocab, sp, meta, seconds, hidden)
+
+
+def _towers(
+    world: World, rows: pd.DataFrame, validation: Validation | None, cfg: TrainConfig,
+    modalities: tuple[str, ...],
+) -> tuple[UserTower, ItemTower, dict]:  # fmt: skip
+    """Both towers trained on `rows`; ids that never occur in them are forgotten afterwards, so
+    those items and users embed from their features alone."""
+    vocab, row_of = world.vocab, world.row_of
+    frame, users = training_users(world.feast_store, rows, vocab, world.hidden, world.as_of)
+    counts = np.bincount([row_of[i] for i in rows["item_id"]], minlength=len(row_of)) + 1.0
+    user_tower = UserTower(
+        UserTowerConfig(vocab.num_items, len(vocab.genres), num_users=vocab.num_users)
+    )
     item_tower = ItemTower(
         ItemTowerConfig(vocab.num_items, len(vocab.genres), modalities=modalities)
     )
-    began = time.perf_counter()
     result = train(
-        user_tower, item_tower, users,
-        torch.tensor([row_of[i] for i in frame["item_id"]]),
-        torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)),
-        item_inputs(catalogue, vocab), validation_set(feast_store, sp, vocab, row_of), cfg,
+        user_tower, item_tower, users, torch.tensor([row_of[i] for i in frame["item_id"]]),
+        torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)), world.items,
+        validation, cfg,
     )  # fmt: skip
-    return Fitted(user_tower, item_tower, result, vocab, sp, meta, time.perf_counter() - began)
+    untrained = torch.tensor(
+        sorted(set(world.catalogue["item_id"]) - set(rows["item_id"])), dtype=torch.long
+    )
+    item_tower.forget(untrained)
+    strangers = np.setdiff1d(np.arange(vocab.num_users), rows["user_id"].unique())
+    user_tower.forget(untrained, torch.from_numpy(strangers))
+    return user_tower, item_tower, result
 
 
 def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig) -> Path:

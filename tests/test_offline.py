@@ -11,6 +11,7 @@ from retrieval import offline
 from retrieval.synthetic import SyntheticConfig, generate
 
 DAY = pd.Timedelta(days=1)
+RECENT = offline.FeatureConfig().recent_items
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,8 @@ def test_activity_rows_hold_the_state_at_the_end_of_each_bucket(world, bucket):
     ds, _ = world
     tables = offline.build(ds, offline.FeatureConfig(activity_bucket=bucket))
     activity = tables.user_activity.to_pandas()
+    history = tables.user_history.to_pandas().set_index(["user_id", "event_timestamp"])
+    assert len(history) == len(activity)  # the same (user, bucket) rows
     assert activity.groupby("user_id").size().mean() > 1  # several buckets per user
     assert (activity["event_timestamp"].dt.hour != 0).any() == (bucket == "hour")
     inter = ds.interactions
@@ -34,7 +37,9 @@ def test_activity_rows_hold_the_state_at_the_end_of_each_bucket(world, bucket):
         assert row.event_timestamp == row.event_timestamp.floor("D" if bucket == "day" else "h")
         assert row.interaction_count == len(seen)
         assert np.isclose(row.mean_rating, seen["rating"].mean())
-        assert list(row.recent_items) == seen["item_id"].tolist()[::-1][: offline.RECENT_ITEMS]
+        assert list(row.recent_items) == seen["item_id"].tolist()[::-1][:RECENT]
+        everything = history.loc[(row.user_id, row.event_timestamp), "seen_items"]
+        assert list(everything) == seen["item_id"].tolist()[::-1]
         counts = pd.Series([g for i in seen["item_id"] for g in genres[i]]).value_counts()
         shares = counts.reindex(ds.genres, fill_value=0) / counts.sum()
         assert np.allclose(row.genre_shares, shares.to_numpy(), atol=1e-6)
@@ -56,7 +61,7 @@ def test_popularity_windows_match_brute_force(world):
 def test_every_stamp_lies_in_the_materialized_range(world):
     _, tables = world
     start, end = pd.Timestamp(tables.meta["start"]), pd.Timestamp(tables.meta["end"])
-    for name in ("user_profile", "user_activity", "item_content", "item_popularity"):
+    for name in offline.TABLES[:-1]:  # every feature table
         stamps = getattr(tables, name)["event_timestamp"].to_pandas()
         assert stamps.min() >= start and stamps.max() <= end, name
 

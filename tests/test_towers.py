@@ -11,7 +11,7 @@ from towers.inputs import Vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
 from towers.user_tower import UserTower, UserTowerConfig
 
-VOCAB = Vocab(genres=("Action", "Comedy", "Drama"), num_items=10)
+VOCAB = Vocab(genres=("Action", "Comedy", "Drama"), num_items=10, num_users=3)
 USERS = pd.DataFrame({
     "user_id": [1, 2, 3],
     "age": [24, None, 61],
@@ -34,6 +34,7 @@ ITEMS = pd.DataFrame({
 
 def test_user_inputs_encode_gaps_as_missing():
     x = user_inputs(USERS, VOCAB)
+    assert x["user_id"].tolist() == [1, 2, 0]  # 3 is beyond num_users: unknown
     assert x["age"].tolist()[1] == 0 and x["gender"].tolist()[1] == 0
     assert x["numeric"][1].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert x["numeric"][0, 1] == 1.0 and x["numeric"][2, 3] == 0.0  # count yes, rating no
@@ -88,11 +89,30 @@ def test_id_dropout_only_in_training():
     assert not torch.allclose(tower(x)[0], tower(x)[1])
 
 
+def test_a_forgotten_id_embeds_like_an_unknown_one():
+    """Ids never trained on hold their random initialisation until forgotten; then the towers
+    embed them from features and content alone."""
+    torch.manual_seed(0)
+    items = ItemTower(ItemTowerConfig(num_items=10, num_genres=3, dim=8)).eval()
+    users = UserTower(UserTowerConfig(num_items=10, num_genres=3, dim=8, num_users=3)).eval()
+    x, u = item_inputs(ITEMS, VOCAB), user_inputs(USERS, VOCAB)
+    unknown = {**x, "item_id": torch.zeros(3, dtype=torch.long)}
+    stranger = {**u, "user_id": torch.zeros(3, dtype=torch.long)}
+    assert not torch.allclose(items(x)[0], items(unknown)[0])
+    items.forget(torch.tensor([1]))
+    users.forget(torch.tensor([3, 4]), torch.tensor([1]))
+    assert torch.allclose(items(x)[0], items(unknown)[0])
+    assert not torch.allclose(items(x)[1], items(unknown)[1])  # item 2 is remembered
+    no_recent = {**stranger, "recent_items": torch.tensor([[0, 0, 0], [0, 0, 0], [1, 0, 0]])}
+    assert torch.allclose(users(u)[0], users(no_recent)[0])  # user 1 and items 3, 4 forgotten
+
+
 @pytest.mark.parametrize("cls", ["user", "item"])
 def test_checkpoint_round_trip_gives_equal_outputs(cls, tmp_path):
     torch.manual_seed(1)
     if cls == "user":
-        model, x = UserTower(UserTowerConfig(num_items=10, num_genres=3)), user_inputs(USERS, VOCAB)
+        model = UserTower(UserTowerConfig(num_items=10, num_genres=3, num_users=3))
+        x = user_inputs(USERS, VOCAB)
     else:
         model, x = ItemTower(ItemTowerConfig(num_items=10, num_genres=3)), item_inputs(ITEMS, VOCAB)
     model.eval()

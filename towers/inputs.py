@@ -26,6 +26,7 @@ TOKEN = re.compile(r"[a-z0-9]+")
 class Vocab:
     genres: tuple[str, ...]  # the order of genre vectors (dataset.json)
     num_items: int  # item ids are 1..num_items - 1; 0 is padding and "unknown"
+    num_users: int = 0  # user ids likewise; 0: the user tower takes no id input
 
 
 def hashed(values: pd.Series, buckets: int = HASH_BUCKETS) -> torch.Tensor:
@@ -46,10 +47,11 @@ def _present(values: object) -> bool:
     return values is not None and not (isinstance(values, float) and np.isnan(values))
 
 
-def padded(lists: pd.Series, width: int, limit: int | None = None) -> torch.Tensor:
+def padded(lists: pd.Series, width: int | None = None, limit: int | None = None) -> torch.Tensor:
     """(B, w) int64 from lists of ints, 0-padded, w the longest list capped at `width` (padding
     costs an EmbeddingBag as much as a token); None is an empty list; ids >= limit -> 0."""
-    width = max(1, min(width, max((len(v) for v in lists if _present(v)), default=0)))
+    longest = max((len(v) for v in lists if _present(v)), default=0)
+    width = max(1, longest if width is None else min(width, longest))
     out = np.zeros((len(lists), width), dtype=np.int64)
     for row, values in enumerate(lists):
         if _present(values):
@@ -78,11 +80,14 @@ def scalar(values: pd.Series) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def user_inputs(frame: pd.DataFrame, vocab: Vocab, recent: int = 20) -> dict[str, torch.Tensor]:
-    """Tensors for the user tower from the `user_tower` feature service's columns."""
+def user_inputs(frame: pd.DataFrame, vocab: Vocab) -> dict[str, torch.Tensor]:
+    """Tensors for the user tower from the `user_tower` feature service's columns (the recent
+    items as long as the feature holds them)."""
     count, has_history = scalar(frame["interaction_count"])
     rating, has_rating = scalar(frame["mean_rating"])
+    ids = torch.from_numpy(frame["user_id"].to_numpy(dtype=np.int64))
     return {
+        "user_id": torch.where(ids < vocab.num_users, ids, torch.zeros_like(ids)),
         "age": bucketed(frame["age"], AGE_EDGES),
         "gender": hashed(frame["gender"]),
         "occupation": hashed(frame["occupation"]),
@@ -91,7 +96,7 @@ def user_inputs(frame: pd.DataFrame, vocab: Vocab, recent: int = 20) -> dict[str
             [torch.log1p(count), has_history, (rating - 3.0) * has_rating, has_rating], dim=1
         ),  # (B, 4)
         "genre_shares": dense(frame["genre_shares"], len(vocab.genres)),
-        "recent_items": padded(frame["recent_items"], recent, vocab.num_items),
+        "recent_items": padded(frame["recent_items"], limit=vocab.num_items),
     }
 
 

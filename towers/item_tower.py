@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from towers.inputs import TEXT_BUCKETS, YEAR_EDGES
-from towers.nn import mlp, unit
+from towers.nn import forget, mlp, unit
 
 MODALITIES = ("id", "categorical", "text", "image")
 
@@ -55,6 +55,11 @@ class ItemTower(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return unit(sum(self.proj[m](self._input(m, x)) for m in self.config.modalities))
+
+    def forget(self, item_ids: torch.Tensor) -> None:
+        """Items never trained on embed from their content alone, like an unknown id."""
+        if "id" in self.config.modalities:
+            forget(self.ids, item_ids)
 
     def _input(self, modality: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
         if modality == "id":

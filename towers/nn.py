@@ -22,6 +22,13 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def forget(table: nn.Embedding | nn.EmbeddingBag, ids: torch.Tensor) -> None:
+    """Zero the rows of `ids`: what the table holds for ids it never trained on is its random
+    initialisation, and zero is what the padding id (and id dropout) stands for."""
+    table.weight[ids] = 0.0
+
+
 def save(model: nn.Module, folder: Path, name: str) -> None:
     """`name.safetensors` (weights) and `name.json` (the model's config) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)

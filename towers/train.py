@@ -24,8 +24,10 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-6
     temperature: float = 0.05
+    logq: float = 1.0  # weight of the logQ correction (0: in-batch sampling sinks popular items)
     extra_negatives: int = 0  # uniform negatives added to the in-batch ones, per batch
     patience: int = 3  # epochs without a better validation recall before stopping
+    refit: bool = True  # then train afresh on training + validation rows for the best epochs
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
 
@@ -72,12 +74,13 @@ def train(
     item_rows: torch.Tensor,
     item_log_q: torch.Tensor,
     catalogue: Inputs,
-    validation: Validation,
+    validation: Validation | None,
     cfg: TrainConfig,
 ) -> dict:
     """Fit both towers on positive pairs (row i of `users`, row `item_rows[i]` of `catalogue`);
-    `item_log_q[r]` is the log sampling probability of catalogue row r. Keeps the weights of the
-    epoch with the best validation recall@k and stops after `patience` epochs without progress."""
+    `item_log_q[r]` is the log sampling probability of catalogue row r. With a `validation` set,
+    keeps the weights of the epoch with the best validation recall@k and stops after `patience`
+    epochs without progress; without one, runs every epoch and keeps the last."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     params = list(user_tower.parameters()) + list(item_tower.parameters())
@@ -101,18 +104,24 @@ def train(
                 cand = torch.cat([cand, extra])
             u = user_tower(take(users, rows))
             v = item_tower(take(catalogue, cand))
-            loss = sampled_softmax_loss(u, v, item_log_q[cand], cfg.temperature, item_ids=cand)
+            loss = sampled_softmax_loss(
+                u, v, cfg.logq * item_log_q[cand], cfg.temperature, item_ids=cand
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(rows)
         seconds = time.perf_counter() - began
+        step = {"epoch": epoch + 1, "loss": total / n, "examples_per_s": n / seconds}
+        if validation is None:
+            history.append(step)
+            print(f"epoch {epoch + 1}: loss {total / n:.4f}, {n / seconds:,.0f} examples/s")
+            continue
         recall = recall_at_k(
             embed(user_tower, validation.users), embed(item_tower, catalogue),
             validation.relevant, validation.seen, cfg.k,
         )  # fmt: skip
-        history.append({"epoch": epoch + 1, "loss": total / n, "recall": recall,
-                        "examples_per_s": n / seconds})  # fmt: skip
+        history.append({**step, "recall": recall})
         print(f"epoch {epoch + 1}: loss {total / n:.4f}, val recall@{cfg.k} {recall:.4f}, "
               f"{n / seconds:,.0f} examples/s")  # fmt: skip
         if recall > best["recall"]:
@@ -120,6 +129,8 @@ def train(
             best = {"recall": recall, "epoch": epoch + 1, "state": state}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
+    if validation is None:
+        return {"epochs": cfg.epochs, "history": history}
     user_tower.load_state_dict(best["state"][0])
     item_tower.load_state_dict(best["state"][1])
     return {"best_epoch": best["epoch"], f"val_recall@{cfg.k}": best["recall"], "history": history}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from towers.inputs import AGE_EDGES, HASH_BUCKETS
-from towers.nn import mlp, unit
+from towers.nn import forget, mlp, unit
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class UserTowerConfig:
     embed: int = 16  # width of each categorical embedding
     item_embed: int = 32  # width of the recent-items embedding, pooled by mean
     dropout: float = 0.1
+    num_users: int = 0  # user id vocabulary; 0: no id input
+    id_dropout: float = 0.2  # share of training rows whose id is replaced by "unknown"
 
 
 class UserTower(nn.Module):
@@ -34,9 +36,24 @@ class UserTower(nn.Module):
         )
         self.recent = nn.EmbeddingBag(c.num_items, c.item_embed, mode="mean", padding_idx=0)
         width = 4 * c.embed + 4 + c.num_genres + c.item_embed
+        if c.num_users:
+            self.ids = nn.Embedding(c.num_users, c.item_embed, padding_idx=0)
+            width += c.item_embed
         self.mlp = mlp([width, c.hidden, c.hidden, c.dim], c.dropout)
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.age(x["age"])] + [emb(x[k]) for k, emb in self.categorical.items()]
         parts += [x["numeric"], x["genre_shares"], self.recent(x["recent_items"])]
+        if self.config.num_users:
+            ids = x["user_id"]
+            if self.training and self.config.id_dropout > 0:
+                ids = ids.masked_fill(torch.rand(ids.shape) < self.config.id_dropout, 0)
+            parts.append(self.ids(ids))
         return unit(self.mlp(torch.cat(parts, dim=1)))  # (B, dim)
+
+    def forget(self, item_ids: torch.Tensor, user_ids: torch.Tensor) -> None:
+        """Items never trained on count as padding in the recent-items pool; users never trained
+        on embed from their features alone, like an unknown id."""
+        forget(self.recent, item_ids)
+        if self.config.num_users:
+            forget(self.ids, user_ids)
