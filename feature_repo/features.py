@@ -53,6 +53,16 @@ user_activity = FeatureView(
     source=_source("user_activity"),
 )
 
+# Every item the user has interacted with so far (capped, most recent first), per active day:
+# what serving drops from the candidates. Its own view, so training sets never carry it.
+user_history = FeatureView(
+    name="user_history",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="seen_items", dtype=Array(Int64))],
+    source=_source("user_history"),
+)
+
 # Catalogue content, static.
 item_content = FeatureView(
     name="item_content",
@@ -108,7 +118,8 @@ two_tower_training = FeatureService(
     features=[user_profile, user_activity, item_content, item_popularity],
 )
 
-# The re-ranker sees both sides and the item's popularity.
-ranker = FeatureService(
-    name="ranker", features=[user_profile, user_activity, item_content, item_popularity]
-)
+# The re-ranker's item side: content and popularity (its user side is the user_tower service).
+ranker = FeatureService(name="ranker", features=[item_content, item_popularity])
+
+# What one recommendation request reads online: the user tower's features and the user's history.
+recommend = FeatureService(name="recommend", features=[user_profile, user_activity, user_history])

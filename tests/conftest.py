@@ -78,6 +78,7 @@ def unique_project() -> str:
 VIEWS = {
     "user_profile": "user_id",
     "user_activity": "user_id",
+    "user_history": "user_id",
     "item_content": "item_id",
     "item_popularity": "item_id",
 }
