@@ -20,6 +20,7 @@ from tqdm import tqdm
 from retrieval.errors import TTRError
 from retrieval.index import IndexConfig
 from retrieval.offline import FeatureConfig
+from retrieval.ranking import RankerTrainConfig
 from retrieval.synthetic import SyntheticConfig
 from retrieval.training import SplitConfig
 from towers.train import TrainConfig
@@ -126,31 +127,75 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from retrieval import evaluate, store
+    from retrieval.plots import recall_curves
 
     prof = store.profile(args.repo, args.online_store)
-    result = evaluate.run(prof, Path(args.artifacts), evaluate.EvalConfig(), args.ablation)
+    root = Path(args.artifacts)
+    result = evaluate.run(prof, root, evaluate.EvalConfig(retrain=not args.no_retrain))
     print(evaluate.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.json}")
+    default = Path(args.json).with_suffix(".png") if args.json else root / "recall_at_k.png"
+    print(f"wrote {recall_curves(result, Path(args.plot or default), evaluate.K_VALUES)}")
+
+
+def cmd_train_ranker(args: argparse.Namespace) -> None:
+    from retrieval import artifacts, ranking, store
+
+    prof = store.profile(args.repo, args.online_store)
+    version = ranking.run(prof, Path(args.artifacts), _config_from(RankerTrainConfig, args))
+    metrics = artifacts.manifest(version)["metrics"]
+    print(f"trained ranker: best epoch {metrics['best_epoch']}, validation HR@10 "
+          f"{metrics['val_hr@10']:.4f} -> {version} (now latest)")  # fmt: skip
+
+
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from retrieval import store
+    from retrieval.pipeline import Pipeline
+
+    pipeline = Pipeline(store.profile(args.repo, args.online_store), Path(args.artifacts))
+    rec = pipeline.recommend(args.user_id, args.k, exclude_seen=not args.include_seen)
+    print(f"user {args.user_id}: {rec.source}, model {pipeline.model_version}")
+    print(f"{'#':>3s} {'item':>7s} {'score':>8s} {'retrieval':>9s}  title")
+    for n, item in enumerate(rec.items, 1):
+        retrieval = "" if item["retrieval_score"] is None else f"{item['retrieval_score']:.4f}"
+        print(f"{n:>3d} {item['item_id']:>7d} {item['score']:>8.4f} {retrieval:>9s}  "
+              f"{item['title']}")  # fmt: skip
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    os.environ["TTR_REPO"] = str(Path(args.repo).resolve())
+    os.environ["TTR_ARTIFACTS"] = str(Path(args.artifacts).resolve())
+    if args.online_store:
+        os.environ["TTR_ONLINE_STORE"] = args.online_store
+    print(f"serving {args.artifacts} on http://{args.host}:{args.port} ({args.workers} workers)")
+    uvicorn.run("retrieval.api:from_environment", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning")  # fmt: skip
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
-    """The main job on the embedded default: data, apply, materialize, one user's features."""
+    """The whole path on the embedded default: data, features, towers, index, ranker, metrics,
+    one user's recommendations, and the command that serves them."""
+    art = ["--artifacts", args.artifacts]
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
     steps = [
-        [
-            "data",
-            "--dataset",
-            args.dataset,
-            *(["--data-dir", args.data_dir] if args.data_dir else []),
-        ],
+        ["data", "--dataset", args.dataset, *data],
         ["apply"],
         ["materialize"],
-        ["features", "user", str(args.user)],
+        ["train", *art],
+        ["index", *art],
+        ["train-ranker", *art],
+        ["evaluate", "--no-retrain", *art],
+        ["recommend", str(args.user), *art],
     ]
     for step in steps:
         print(f"$ ttr {' '.join(step)}")
         _dispatch(build_parser().parse_args([*step, "--repo", str(args.repo)]))
+    print(f"\nserve it: ttr serve --repo {args.repo} --artifacts {args.artifacts} --port 8000\n"
+          f"then:     curl 'http://127.0.0.1:8000/recommend/{args.user}?k=10'")  # fmt: skip
 
 
 def _config_from(cls: type[T], args: argparse.Namespace) -> T:
@@ -226,14 +271,42 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="full-ranking metrics on the test split, with baselines")
     p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
     p.add_argument("--json", default=None, help="also write the results to this file")
-    p.add_argument("--ablation", action="store_true",
-                   help="also retrain the towers on each subset of item-tower inputs")  # fmt: skip
+    p.add_argument(
+        "--plot",
+        default=None,
+        help="Recall@K curves as PNG (default: beside --json, else in --artifacts)",
+    )
+    p.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="skip the ablation and the cold start (they retrain)",
+    )
     _common(p)
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("quickstart", help="data, apply, materialize and one user's features")
+    p = sub.add_parser("train-ranker", help="train the NCF re-ranker on the towers' split")
+    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _add_config_flags(p, RankerTrainConfig, "ranker training")
+    _common(p)
+    p.set_defaults(func=cmd_train_ranker)
+    p = sub.add_parser("recommend", help="one user's top k through the whole pipeline")
+    p.add_argument("user_id", type=int, help="the user's integer id")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--include-seen", action="store_true", help="keep items the user has seen")
+    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _common(p)
+    p.set_defaults(func=cmd_recommend)
+    p = sub.add_parser("serve", help="the recommendation API (FastAPI under uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _common(p)
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("quickstart", help="the whole path on one dataset, end to end")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--user", type=int, default=1)
+    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
     _common(p, online=False)
     p.set_defaults(func=cmd_quickstart)
     return parser

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import scipy.sparse as sp_sparse
+import torch
 
 from retrieval import artifacts, index, metrics, store
+from retrieval.ranking import catalogue_items, ncf_candidates
 from retrieval.training import (
     Split,
     SplitConfig,
@@ -24,9 +27,16 @@ from retrieval.training import (
     fit,
     load_towers,
     split,
+    user_features,
     vocab_of,
 )
-from towers.train import TrainConfig
+from towers import nn as tnn
+from towers.inputs import Vocab
+from towers.ranker import Ranker
+from towers.train import TrainConfig, take
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 K_VALUES = (10, 20, 50, 100)
 K_MAX = max(K_VALUES)
@@ -40,8 +50,12 @@ ABLATION = {  # the image input joins when posters have vectors (the content-enc
 @dataclass(frozen=True)
 class EvalConfig:
     ials_factors: tuple[int, ...] = (32, 64)  # the small grid iALS is tuned over
-    ials_regularization: tuple[float, ...] = (0.01, 0.1)
+    ials_regularization: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
     ials_iterations: int = 15
+    cold_items: float = 0.1  # share of the catalogue held out of training for the cold start
+    candidates: int = 200  # the two-stage pipeline: retrieval depth handed to the ranker
+    seed: int = 0  # the NCF protocol's sampled negatives
+    retrain: bool = True  # the ablation and the cold start (each retrains the towers)
 
 
 @dataclass(frozen=True)
@@ -149,9 +163,10 @@ def ann_top(
             for row, done in zip(ids, proto.exclude, strict=True)]  # fmt: skip
 
 
-def run(prof: store.Profile, root: Path, cfg: EvalConfig, ablation: bool = False) -> dict:
-    """Every model on the latest version's test split, and with `ablation` the two-tower
-    retrained on each subset of item-tower inputs; the JSON `ttr evaluate --json` writes."""
+def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
+    """Every model on the latest version's test split and, with `cfg.retrain`, the two-tower
+    retrained on each subset of item-tower inputs and with items held out for a cold start;
+    the JSON `ttr evaluate --json` writes."""
     version = artifacts.latest(root)
     manifest = artifacts.manifest(version)
     split_cfg = SplitConfig(manifest["split"]["cutoff"], manifest["split"]["validation"])
@@ -165,9 +180,14 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig, ablation: bool = False
     user_tower, item_tower = load_towers(version)
     users = embed_users(feast_store, user_tower, vocab, proto.users, sp.test_time)
     items = embed_items(item_tower, vocab, catalogue)
-    tops, ials_params = rankings(sp, row_of, proto, users, items, cfg)
+    scores, ials_params = rankings(sp, row_of, proto, users, items, cfg)
+    tops = {name: top_k(s, proto.exclude, K_MAX) for name, s in scores.items()}
     if (version / "index.json").exists():
         tops["two_tower_ann"] = ann_top(version, users, catalogue["item_id"].to_numpy(), proto)
+    ranker = latest_ranker(root, manifest["version"])
+    if ranker is not None:
+        ranked = RankerView(ranker, feast_store, vocab, catalogue, proto.users, sp.test_time)
+        tops["two_stage"] = two_stage(scores["two_tower"], proto, ranked, cfg.candidates)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
     temporal = sp.kind == "temporal"
     result = {
@@ -176,13 +196,16 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig, ablation: bool = False
         "model_version": manifest["version"], "ials": ials_params,
         "models": {name: scored(top, proto, temporal) for name, top in tops.items()},
     }  # fmt: skip
-    if ablation:
+    if ranker is not None:
+        result["ncf_protocol"] = ncf_protocol(sp.test, proto, row_of, scores, ranked, cfg.seed)
+    if cfg.retrain:
         train_cfg = TrainConfig(**manifest["train"])
         result["ablation"] = {
             name: scored(ablated(prof, train_cfg, split_cfg, modalities, catalogue, proto),
                          proto, temporal)
             for name, modalities in ABLATION.items()
         }  # fmt: skip
+        result["cold_start"] = cold_start(prof, train_cfg, split_cfg, cfg, catalogue, proto)
     return result
 
 
@@ -200,11 +223,67 @@ def ablated(
     return top_k(users @ items.T, proto.exclude, K_MAX)
 
 
+def cold_start(
+    prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig, eval_cfg: EvalConfig,
+    catalogue: pd.DataFrame, proto: Protocol,
+) -> dict:  # fmt: skip
+    """A share of the catalogue held out of training entirely, then ranked among themselves for
+    each test user who interacts with them: the two-tower from content alone (the held-out ids
+    are unknown to it) against popularity within genre."""
+    rng = np.random.default_rng(cfg.seed)
+    ids = catalogue["item_id"].to_numpy()
+    size = max(1, int(len(ids) * eval_cfg.cold_items))
+    hidden = np.sort(rng.choice(ids, size=size, replace=False))
+    print(f"cold start: {len(hidden):,} items held out of training")
+    f = fit(prof, cfg, split_cfg, hidden=frozenset(hidden.tolist()))
+    rows = np.searchsorted(ids, hidden)  # catalogue rows of the held-out items
+    local = {int(r): j for j, r in enumerate(rows)}
+    relevant, exclude = ([{local[r] for r in s if r in local} for s in sets]
+                         for sets in (proto.relevant, proto.exclude))  # fmt: skip
+    keep = np.array([bool(rel) for rel in relevant])
+    wanted, exclude = ([s for s, k in zip(sets, keep, strict=True) if k]
+                       for sets in (relevant, exclude))  # fmt: skip
+    users = embed_users(
+        store.open_store(prof), f.user_tower, f.vocab, proto.users[keep], f.split.test_time,
+        f.hidden,
+    )  # fmt: skip
+    items = embed_items(f.item_tower, f.vocab, catalogue.iloc[rows])
+    before = pd.concat([f.split.train, f.split.validation])
+    scores = {
+        "popularity": np.tile(genre_popularity(before, catalogue, rows), (int(keep.sum()), 1)),
+        "two_tower": users @ items.T,
+    }
+    return {
+        "items": len(hidden), "users": int(keep.sum()),
+        **{name: metrics.report(top_k(s, exclude, K_MAX), wanted, K_VALUES)
+           for name, s in scores.items()},
+    }  # fmt: skip
+
+
+def genre_popularity(before: pd.DataFrame, catalogue: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Each of the catalogue `rows`' score: the mean, over its genres, of how many interactions
+    in `before` fell on that genre."""
+    per_item = before["item_id"].value_counts()
+    per_genre: dict[str, float] = {}
+    for item, names in zip(catalogue["item_id"], catalogue["genres"], strict=True):
+        for g in _names(names):
+            per_genre[g] = per_genre.get(g, 0.0) + per_item.get(item, 0)
+    return np.array(
+        [np.mean([per_genre[g] for g in _names(names)] or [0.0])
+         for names in catalogue["genres"].iloc[rows]],
+        dtype=np.float32,
+    )  # fmt: skip
+
+
+def _names(values: object) -> list[str]:
+    return [] if values is None or isinstance(values, float) else list(values)
+
+
 def rankings(
     sp: Split, row_of: dict[int, int], proto: Protocol, users: np.ndarray, items: np.ndarray,
     cfg: EvalConfig,
-) -> tuple[dict[str, list[list[int]]], dict]:  # fmt: skip
-    """Each baseline's and the two-tower's top K_MAX for every test user."""
+) -> tuple[dict[str, np.ndarray], dict]:  # fmt: skip
+    """Each baseline's and the two-tower's scores (test users x catalogue)."""
     before = pd.concat([sp.train, sp.validation])
     ials, ials_params = tuned_ials(sp, row_of, cfg, proto.users)
     scores = {
@@ -212,7 +291,66 @@ def rankings(
         "ials": ials,
         "two_tower": users @ items.T,
     }
-    return {name: top_k(s, proto.exclude, K_MAX) for name, s in scores.items()}, ials_params
+    return scores, ials_params
+
+
+def latest_ranker(root: Path, model_version: str) -> Ranker | None:
+    """The latest ranker if it was trained against this retrieval version, else None."""
+    folder = root / "ranker"
+    if not (folder / artifacts.LATEST).exists():
+        return None
+    version = artifacts.latest(folder)
+    if artifacts.manifest(version)["retrieval_version"] != model_version:
+        print(f"ranker {version.name} was trained for another retrieval version: left out")
+        return None
+    return tnn.load(Ranker, version, "ranker")
+
+
+class RankerView:
+    """The ranker's scores of test users (rows of `users`) against catalogue rows, both sides'
+    features as of the test time."""
+
+    def __init__(self, ranker: Ranker, feast_store: FeatureStore, vocab: Vocab,
+                 catalogue: pd.DataFrame, users: np.ndarray, at: pd.Timestamp) -> None:  # fmt: skip
+        self.ranker = ranker
+        self.users = user_features(feast_store, vocab, users, at)
+        self.items = catalogue_items(feast_store, vocab, catalogue, at)
+
+    @torch.no_grad()
+    def scores(self, row: int, items: np.ndarray) -> np.ndarray:
+        one = take(self.users, torch.tensor([row]))
+        return self.ranker.score(one, take(self.items, torch.from_numpy(items))).numpy()
+
+
+def two_stage(
+    retrieval: np.ndarray, proto: Protocol, ranked: RankerView, depth: int
+) -> list[list[int]]:
+    """Retrieval's top `depth` (seen items excluded) re-ordered by the ranker."""
+    out = []
+    for row, top in enumerate(top_k(retrieval, proto.exclude, depth)):
+        items = np.array(top, dtype=np.int64)
+        out.append(items[np.argsort(-ranked.scores(row, items), kind="stable")].tolist())
+    return out
+
+
+def ncf_protocol(test: pd.DataFrame, proto: Protocol, row_of: dict[int, int],
+                 scores: dict[str, np.ndarray], ranked: RankerView, seed: int) -> dict:  # fmt: skip
+    """Each test user's latest test interaction ranked against 99 items the user never
+    interacted with, sampled uniformly (He et al. 2017): HR@10 and NDCG@10 per model."""
+    latest = test.sort_values("event_timestamp", kind="stable").groupby("user_id").tail(1)
+    latest_row = latest.set_index("user_id")["item_id"].map(row_of)
+    positives = np.array([latest_row[u] for u in proto.users])
+    done = [e | r for e, r in zip(proto.exclude, proto.relevant, strict=True)]
+    cand = ncf_candidates(positives, done, len(row_of), np.random.default_rng(seed))
+    picked = {name: np.take_along_axis(s, cand, axis=1) for name, s in scores.items()}
+    picked["ranker"] = np.stack([ranked.scores(r, c) for r, c in enumerate(cand)])
+    out = {}
+    for name, s in picked.items():
+        rank = (s[:, 1:] > s[:, :1]).sum(axis=1)
+        hit = rank < 10
+        out[name] = {"hr@10": float(hit.mean()),
+                     "ndcg@10": float((hit / np.log2(rank + 2.0)).mean())}  # fmt: skip
+    return {"users": len(cand), "negatives": cand.shape[1] - 1, **out}
 
 
 def table(result: dict) -> str:

@@ -150,7 +150,7 @@ def test_installed_command_speaks_one_line(repo):
     """The console script itself: help lists every stage; an error is one line, no traceback."""
     ttr = Path(sys.executable).parent / "ttr"
     shown = subprocess.run([ttr, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("data", "apply", "materialize", "features", "quickstart"):
+    for command in ("data", "apply", "materialize", "train", "train-ranker", "serve", "quickstart"):
         assert command in shown
     done = subprocess.run([ttr, "data", "--dataset", "nope", "--repo", str(repo)],
                           capture_output=True, text=True)  # fmt: skip

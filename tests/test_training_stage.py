@@ -46,6 +46,8 @@ def test_train_publishes_a_complete_version(world):
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["dataset"] == "synthetic" and manifest["split"]["kind"] == "random"
     assert manifest["metrics"]["val_recall@20"] > 0 and manifest["train"]["epochs"] == 2
+    refit = manifest["metrics"]["refit"]  # afresh on training + validation rows, best epochs
+    assert refit["epochs"] == manifest["metrics"]["best_epoch"] == len(refit["history"])
     user, item = (
         tnn.load(UserTower, version, "user_tower"),
         tnn.load(ItemTower, version, "item_tower"),
@@ -133,6 +135,24 @@ def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
         }
     assert models["two_tower_ann"] == models["two_tower"]  # a Flat index is exact
     assert models["two_tower"]["recall@20"] > models["popularity"]["recall@20"]  # planted groups
+    ablation = result["ablation"]  # the towers retrained on each subset of item-tower inputs
+    assert list(ablation) == ["id", "id+categorical", "id+categorical+text"]
+    assert all(0 < variant["recall@20"] <= 1 for variant in ablation.values())
+    assert len({variant["recall@20"] for variant in ablation.values()}) == 3  # distinct models
+    cold = result["cold_start"]  # 8 of 80 items never trained on: genre and group from content
+    assert cold["items"] == 8 and cold["users"] > 20
+    assert cold["two_tower"]["ndcg@10"] > cold["popularity"]["ndcg@10"]
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_no_retrain_leaves_out_ablation_and_cold_start(world, tmp_path):
+    repo, root = world
+    out, plot = tmp_path / "eval.json", tmp_path / "curves.png"
+    argv = ["evaluate", "--no-retrain", "--repo", str(repo), "--artifacts", str(root),
+            "--json", str(out), "--plot", str(plot)]  # fmt: skip
+    assert run(argv) == 0
+    assert not {"ablation", "cold_start"} & set(json.loads(out.read_text()))
+    assert plot.stat().st_size > 0 and not out.with_suffix(".png").exists()
 
 
 def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
@@ -162,23 +182,3 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     assert (seen["users"]["numeric"][:, 1] == 1).all()  # every row sees its user's history
     labels = seen["items"] + 1  # catalogue row r holds item r + 1
     assert not (seen["users"]["recent_items"] == labels[:, None]).any()
-
-
-def test_evaluate_ablation_retrains_on_each_input_subset(world, tmp_path):
-    repo, root = world
-    out = tmp_path / "ablation.json"
-    argv = [
-        "evaluate",
-        "--ablation",
-        "--repo",
-        str(repo),
-        "--artifacts",
-        str(root),
-        "--json",
-        str(out),
-    ]
-    assert run(argv) == 0
-    ablation = json.loads(out.read_text())["ablation"]
-    assert list(ablation) == ["id", "id+categorical", "id+categorical+text"]
-    assert all(0 < variant["recall@20"] <= 1 for variant in ablation.values())
-    assert len({variant["recall@20"] for variant in ablation.values()}) == 3  # distinct models

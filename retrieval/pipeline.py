@@ -1,0 +1,177 @@
+"""One recommendation request, with no HTTP in it: the object `ttr recommend` and `ttr serve` share.
+
+    user id -> online features (one read: the user tower's features and the user's history)
+      -> user embedding -> FAISS top-N -> drop the items the user has seen
+      -> the NCF ranker re-scores -> top k with both scores
+
+Everything per item (titles, the ranker's item inputs, popularity) is read once at load, so a
+request reads the online store for one entity only. A user the store does not know, a user with
+no features, or an online store that does not answer gets the most popular items instead.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from retrieval import artifacts, index, store
+from retrieval.errors import TTRError
+from retrieval.ranking import catalogue_items
+from retrieval.training import catalogue_frame, vocab_of
+from towers import nn as tnn
+from towers.features import online_rows
+from towers.inputs import user_inputs
+from towers.ranker import Ranker
+from towers.train import take
+from towers.user_tower import UserTower
+
+log = logging.getLogger("ttr.pipeline")
+SERVICE = "recommend"
+STAGES = ("features", "user_tower", "ann", "rerank")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    candidates: int = 200  # FAISS top-N handed to the ranker
+    retry_after: float = 1.0  # seconds a failed online store is left alone (popular meanwhile)
+
+
+@dataclass
+class Recommendation:
+    user_id: int
+    items: list[dict]  # item_id, title, score, retrieval_score
+    source: str  # "personalized" or "popular"
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+
+
+class Pipeline:
+    def __init__(self, prof: store.Profile, root: Path, cfg: PipelineConfig | None = None) -> None:
+        self.cfg = cfg or PipelineConfig()
+        self.store = store.open_store(prof)
+        version = artifacts.latest(root)
+        manifest = artifacts.manifest(version)
+        if not (version / "index.json").exists():
+            raise TTRError(f"{version} has no index; run `ttr index` first")
+        self.model_version = manifest["version"]
+        self.vocab = vocab_of(manifest)
+        self.user_tower = tnn.load(UserTower, version, "user_tower")
+        self.index, info = index.load(version)
+        self.index_params = info["params"]
+        self.index_version = f"{self.model_version}/{info['sha256'][:12]}"
+        self.ranker, self.ranker_version = _ranker(root)
+        now = pd.Timestamp.now(tz="UTC")
+        catalogue = catalogue_frame(self.store, prof.offline_dir, now)
+        self.item_ids = catalogue["item_id"].to_numpy()
+        self.titles = catalogue["title"].fillna("").astype(str).tolist()
+        self.items = catalogue_items(self.store, self.vocab, catalogue, now)
+        self.popular = np.argsort(-self.items["popularity"][:, 0].numpy(), kind="stable")
+        self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
+        self.down_until = 0.0  # while the online store is deemed down: no request waits on it
+        faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
+        torch.set_num_threads(1)
+        gc.freeze()  # the loaded state never becomes garbage: keep full collections off it
+
+    def recommend(self, user_id: int, k: int = 10, exclude_seen: bool = True) -> Recommendation:
+        seconds: dict[str, float] = {}
+        if time.monotonic() < self.down_until:
+            return self.popular_items(user_id, k, set(), seconds)
+        try:
+            with _timed(seconds, "features"):
+                row = online_rows(self.store, SERVICE, "user_id", [user_id])[0]
+        except Exception as err:  # noqa: BLE001 - any online-store failure degrades, never fails
+            log.warning("online store unavailable, serving popular items: %s", err)
+            self.down_until = time.monotonic() + self.cfg.retry_after
+            return self.popular_items(user_id, k, set(), seconds)
+        seen = {int(i) for i in row.get("seen_items") or []} if exclude_seen else set()
+        if not _known(row):
+            return self.popular_items(user_id, k, seen, seconds)
+        with _timed(seconds, "user_tower"), torch.no_grad():
+            x = user_inputs(pd.DataFrame([row]), self.vocab)
+            query = self.user_tower(x).numpy()
+        with _timed(seconds, "ann"):
+            depth = min(self.cfg.candidates + len(seen), len(self.item_ids))
+            scores, ids = index.search(self.index, self.index_params, query, depth)
+            keep = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
+                    if i >= 0 and int(i) not in seen][: self.cfg.candidates]  # fmt: skip
+        if not keep:
+            return self.popular_items(user_id, k, seen, seconds)
+        with _timed(seconds, "rerank"):
+            rows = torch.tensor([self.row_of[i] for i, _ in keep])
+            final = self._rerank(x, rows, np.array([s for _, s in keep]))
+        best = np.argsort(-final, kind="stable")[:k]
+        items = [self._item(int(rows[j]), float(final[j]), keep[j][1]) for j in best]
+        return Recommendation(user_id, items, "personalized", seconds)
+
+    def _rerank(self, x: dict, rows: torch.Tensor, retrieval: np.ndarray) -> np.ndarray:
+        if self.ranker is None:
+            return retrieval
+        with torch.no_grad():
+            return self.ranker.score(x, take(self.items, rows)).numpy()
+
+    def popular_items(
+        self, user_id: int, k: int, seen: set[int], seconds: dict[str, float] | None = None
+    ) -> Recommendation:
+        """The k most popular items the user has not seen (scores: log counts)."""
+        picked = [r for r in self.popular[: k + len(seen)] if int(self.item_ids[r]) not in seen]
+        pop = self.items["popularity"][:, 0]
+        items = [self._item(int(r), float(pop[r]), None) for r in picked[:k]]
+        return Recommendation(user_id, items, "popular", seconds or {})
+
+    def similar(self, item_id: int, k: int = 10) -> list[dict]:
+        """The k items nearest to `item_id` in the embedding space (its `item_embedding`
+        feature, read online), the item itself left out; an error for an unknown item."""
+        if item_id not in self.row_of:
+            raise KeyError(item_id)
+        vector = online_rows(self.store, ["item_embedding:embedding"], "item_id", [item_id])[0]
+        if vector.get("embedding") is None:
+            raise TTRError(f"item {item_id} has no embedding online; run `ttr index`")
+        query = np.asarray([vector["embedding"]], dtype=np.float32)
+        scores, ids = index.search(self.index, self.index_params, query, k + 1)
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
+                 if i >= 0 and int(i) != item_id][:k]  # fmt: skip
+        return [self._item(self.row_of[i], s, s) for i, s in pairs]
+
+    def ready(self) -> bool:
+        """Whether the online store answers."""
+        try:
+            online_rows(self.store, SERVICE, "user_id", [int(self.item_ids[0])])
+        except Exception:  # noqa: BLE001 - readiness is a yes or no
+            return False
+        return True
+
+    def _item(self, row: int, score: float, retrieval: float | None) -> dict:
+        return {"item_id": int(self.item_ids[row]), "title": self.titles[row], "score": score,
+                "retrieval_score": retrieval}  # fmt: skip
+
+
+def _known(row: dict) -> bool:
+    """The store holds some feature of this user (else Feast answers None for every one)."""
+    return any(v is not None for name, v in row.items() if name != "user_id")
+
+
+def _ranker(root: Path) -> tuple[Ranker | None, str | None]:
+    folder = root / "ranker"
+    if not (folder / artifacts.LATEST).exists():
+        log.warning("no ranker under %s: candidates keep their retrieval order", folder)
+        return None, None
+    version = artifacts.latest(folder)
+    return tnn.load(Ranker, version, "ranker"), artifacts.manifest(version)["version"]
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = time.perf_counter() - began

@@ -1,0 +1,325 @@
+"""The `ttr train-ranker` stage: NeuMF with side features on the towers' split, trained with
+uniform and hard negatives, published under `<artifacts>/ranker/` with its own `latest`.
+
+The ranker's user side is the `user_tower` feature service (the same user features the towers
+read); its item side is the `ranker` service (content and popularity). Positives are the training
+interactions with both sides point in time; each gets `negatives` uniform items and
+`hard_negatives` items from the retrieval stage's top `hard_pool` for that user (items the towers
+rank high that the user did not pick), paired with the positive's user features and time.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from retrieval import artifacts, store
+from retrieval.errors import TTRError
+from retrieval.training import (
+    Split,
+    SplitConfig,
+    catalogue_frame,
+    embed_items,
+    embed_users,
+    load_towers,
+    split,
+    timeless,
+    training_users,
+    user_features,
+    vocab_of,
+)
+from towers import nn as tnn
+from towers.features import training_frame
+from towers.inputs import Vocab, item_inputs
+from towers.ranker import Ranker, RankerConfig, popularity_inputs
+from towers.train import Inputs, take
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+SERVICE = "ranker"
+DAY = pd.Timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class RankerTrainConfig:
+    epochs: int = 10
+    batch_size: int = 2048
+    lr: float = 2e-3
+    weight_decay: float = 1e-6
+    negatives: int = 4  # uniform negatives per positive
+    hard_negatives: int = 1  # negatives per positive from the retrieval stage's top items
+    hard_pool: int = 100  # how deep in the retrieval ranking hard negatives are drawn
+    patience: int = 2  # epochs without a better validation HR@10 before stopping
+    seed: int = 0
+
+
+def ranker_items(feast_store: FeatureStore, vocab: Vocab, entities: pd.DataFrame) -> Inputs:
+    """Item-side ranker inputs for (item_id, event_timestamp) rows, point in time."""
+    frame = training_frame(feast_store, SERVICE, entities)
+    x = item_inputs(frame, vocab)
+    return {
+        "item_id": x["item_id"],
+        "genres": x["genres"],
+        "year": x["year"],
+        "popularity": popularity_inputs(frame),
+    }
+
+
+def item_table(
+    feast_store: FeatureStore, vocab: Vocab, items: np.ndarray, times: pd.Series
+) -> tuple[Inputs, np.ndarray]:
+    """Item-side inputs for each (item, time) pair, read once per distinct (item, day): the
+    popularity rows are stamped at day ends, so the value at any time of a day is the value at
+    its start. Returns the table and each pair's row in it."""
+    day = pd.to_datetime(times, utc=True).dt.floor("D")
+    pairs = pd.DataFrame({"item_id": items, "event_timestamp": day.to_numpy()})
+    distinct = pairs.drop_duplicates().reset_index(drop=True)
+    where = pairs.merge(distinct.reset_index(), on=["item_id", "event_timestamp"], how="left")
+    return ranker_items(feast_store, vocab, distinct), where["index"].to_numpy()
+
+
+def hard_pools(
+    feast_store: FeatureStore,
+    version: Path,
+    vocab: Vocab,
+    users: np.ndarray,
+    at: pd.Timestamp,
+    catalogue: pd.DataFrame,
+    seen: pd.Series,
+    depth: int,
+) -> dict[int, np.ndarray]:
+    """Each user's top `depth` catalogue rows by the retrieval towers, the user's own items out."""
+    user_tower, item_tower = load_towers(version)
+    scores = (
+        embed_users(feast_store, user_tower, vocab, users, at)
+        @ embed_items(item_tower, vocab, catalogue).T
+    )
+    row_of = {int(i): r for r, i in enumerate(catalogue["item_id"])}
+    for row, user in enumerate(users):
+        scores[row, [row_of[i] for i in seen.get(user, [])]] = -np.inf
+    depth = min(depth, scores.shape[1])
+    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+    pools = {}
+    for row, user in enumerate(users):
+        pool = top[row][np.isfinite(scores[row, top[row]])]
+        pools[int(user)] = pool if len(pool) else np.arange(len(catalogue))
+    return pools
+
+
+def negatives(
+    positives: np.ndarray,
+    users: np.ndarray,
+    pools: dict[int, np.ndarray],
+    n_items: int,
+    cfg: RankerTrainConfig,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(n, 1 + negatives + hard_negatives) catalogue rows: each positive, then its negatives."""
+    uniform = rng.integers(n_items, size=(len(positives), cfg.negatives))
+    hard = np.stack([rng.choice(pools[int(u)], size=cfg.hard_negatives) for u in users])
+    return np.concatenate([positives[:, None], uniform, hard], axis=1)
+
+
+def hit_rate(ranker: Ranker, users: Inputs, items: Inputs, k: int = 10) -> tuple[float, float]:
+    """HR@k and NDCG@k where row u of `users` meets the items u * C .. u * C + C - 1 of `items`,
+    the first of them its held-out positive (the NCF protocol: C = 1 + 99 sampled negatives)."""
+    n = len(users["user_id"])
+    ranker.eval()
+    with torch.no_grad():
+        rows = torch.arange(n).repeat_interleave(len(items["item_id"]) // n)
+        scores = ranker(take(users, rows), items).view(n, -1)
+    rank = (scores[:, 1:] > scores[:, :1]).sum(dim=1)  # items scored above the positive
+    hit = rank < k
+    return float(hit.float().mean()), float((hit / torch.log2(rank + 2.0)).mean())
+
+
+def fit_ranker(
+    ranker: Ranker,
+    users: Inputs,
+    rows: torch.Tensor,
+    items: Inputs,
+    where: torch.Tensor,
+    labels: torch.Tensor,
+    validation: tuple[Inputs, Inputs],
+    cfg: RankerTrainConfig,
+) -> dict:
+    """Binary cross-entropy over (users[rows[i]], items[where[i]], labels[i]); keeps the epoch
+    with the best validation HR@10 and stops after `patience` epochs without progress."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, history, n = {"hr": -1.0, "epoch": 0, "state": None}, [], len(labels)
+    for epoch in range(cfg.epochs):
+        ranker.train()
+        order, began, total = torch.randperm(n, generator=generator), time.perf_counter(), 0.0
+        for start in tqdm(
+            range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", leave=False, unit=" batches"
+        ):
+            b = order[start : start + cfg.batch_size]
+            logits = ranker(take(users, rows[b]), take(items, where[b]))
+            loss = F.binary_cross_entropy_with_logits(logits, labels[b])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(b)
+        hr, ndcg = hit_rate(ranker, *validation)
+        rate = n / (time.perf_counter() - began)
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": total / n,
+                "hr@10": hr,
+                "ndcg@10": ndcg,
+                "examples_per_s": rate,
+            }
+        )
+        print(
+            f"epoch {epoch + 1}: loss {total / n:.4f}, val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}, "
+            f"{rate:,.0f} examples/s"
+        )
+        if hr > best["hr"]:
+            best = {"hr": hr, "epoch": epoch + 1, "state": copy.deepcopy(ranker.state_dict())}
+        elif epoch + 1 - best["epoch"] >= cfg.patience:
+            break
+    ranker.load_state_dict(best["state"])
+    return {"best_epoch": best["epoch"], "val_hr@10": best["hr"], "history": history}
+
+
+def ncf_candidates(
+    positives: np.ndarray,
+    exclude: list[set[int]],
+    n_items: int,
+    rng: np.random.Generator,
+    n: int = 99,
+) -> np.ndarray:
+    """(U, 1 + n) catalogue rows: each user's positive, then n distinct items sampled uniformly
+    among those the user never interacted with (the NCF evaluation protocol). A small catalogue
+    lowers n to what every user has left."""
+    n = min(
+        n,
+        n_items
+        - 1
+        - max((len(d | {int(p)}) - 1 for p, d in zip(positives, exclude, strict=True)), default=0),
+    )
+    if n < 1:
+        raise TTRError("the catalogue leaves no negatives to sample for some user")
+    out = np.empty((len(positives), n + 1), dtype=np.int64)
+    for u, (pos, done) in enumerate(zip(positives, exclude, strict=True)):
+        allowed = np.setdiff1d(np.arange(n_items), [*done, int(pos)])
+        out[u] = [pos, *rng.choice(allowed, size=n, replace=False)]
+    return out
+
+
+def validation_pairs(
+    feast_store: FeatureStore,
+    sp: Split,
+    vocab: Vocab,
+    catalogue: pd.DataFrame,
+    rng: np.random.Generator,
+) -> tuple[Inputs, Inputs]:
+    """Each validation user's first validation item against 99 sampled items, both sides as of
+    the validation time."""
+    row_of = {int(i): r for r, i in enumerate(catalogue["item_id"])}
+    first = sp.validation.sort_values("event_timestamp", kind="stable").drop_duplicates("user_id")
+    seen = (
+        pd.concat([sp.train, sp.validation])
+        .groupby("user_id")["item_id"]
+        .apply(lambda s: {row_of[i] for i in s})
+    )
+    users = first["user_id"].to_numpy()
+    cand = ncf_candidates(
+        first["item_id"].map(row_of).to_numpy(), [seen[u] for u in users], len(catalogue), rng
+    )
+    items = catalogue_items(feast_store, vocab, catalogue, sp.validation_time)
+    user_x = user_features(feast_store, vocab, users, sp.validation_time)
+    return user_x, take(items, torch.from_numpy(cand.reshape(-1)))
+
+
+def catalogue_items(
+    feast_store: FeatureStore, vocab: Vocab, catalogue: pd.DataFrame, at: pd.Timestamp
+) -> Inputs:
+    """Item-side ranker inputs of every catalogue row as of `at`."""
+    return ranker_items(
+        feast_store, vocab, pd.DataFrame({"item_id": catalogue["item_id"], "event_timestamp": at})
+    )
+
+
+def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
+    """Train the ranker on the latest retrieval version's split; returns the published version
+    under `<root>/ranker/`."""
+    version = artifacts.latest(root)
+    manifest = artifacts.manifest(version)
+    split_cfg = SplitConfig(manifest["split"]["cutoff"], manifest["split"]["validation"])
+    inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
+    sp = split(inter, manifest["dataset"], split_cfg, manifest["train"]["seed"])
+    feast_store, vocab = store.open_store(prof), vocab_of(manifest)
+    catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
+    row_of = {int(i): r for r, i in enumerate(catalogue["item_id"])}
+    rng = np.random.default_rng(cfg.seed)
+    began = time.perf_counter()
+    as_of = sp.test_time if timeless(sp) else None
+    _, users = training_users(feast_store, sp.train, vocab, frozenset(), as_of)
+    seen = sp.train.groupby("user_id")["item_id"].apply(list)
+    pools = hard_pools(
+        feast_store,
+        version,
+        vocab,
+        np.sort(sp.train["user_id"].unique()),
+        sp.validation_time,
+        catalogue,
+        seen,
+        cfg.hard_pool,
+    )
+    cand = negatives(
+        sp.train["item_id"].map(row_of).to_numpy(),
+        sp.train["user_id"].to_numpy(),
+        pools,
+        len(catalogue),
+        cfg,
+        rng,
+    )
+    times = sp.train["event_timestamp"] if as_of is None else pd.Series(as_of, index=sp.train.index)
+    per_row = cand.shape[1]
+    table, where = item_table(
+        feast_store,
+        vocab,
+        catalogue["item_id"].to_numpy()[cand.reshape(-1)],
+        times.repeat(per_row).reset_index(drop=True),
+    )
+    labels = np.zeros(cand.shape, dtype=np.float32)
+    labels[:, 0] = 1.0
+    ranker = Ranker(RankerConfig(vocab.num_users, vocab.num_items, len(vocab.genres)))
+    result = fit_ranker(
+        ranker,
+        users,
+        torch.arange(len(cand)).repeat_interleave(per_row),
+        table,
+        torch.from_numpy(where),
+        torch.from_numpy(labels.reshape(-1)),
+        validation_pairs(feast_store, sp, vocab, catalogue, rng),
+        cfg,
+    )
+    info = {
+        "dataset": manifest["dataset"],
+        "retrieval_version": manifest["version"],
+        "feature_services": {"user": "user_tower", "item": SERVICE},
+        "train": asdict(cfg),
+        "examples": int(cand.size),
+        "seconds": time.perf_counter() - began,
+        "metrics": result,
+    }
+    ranker_root = root / "ranker"
+    with artifacts.staging(ranker_root) as staged:
+        tnn.save(ranker, staged, "ranker")
+        return artifacts.publish(ranker_root, staged, {"stage": "train-ranker", **info})

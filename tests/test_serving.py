@@ -1,0 +1,251 @@
+"""The recommendation API end to end: a real uvicorn process on a free port over a synthetic world
+with planted groups, on SQLite and on Redis; bad input, unknown users, and a Redis that dies and
+comes back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from retrieval.cli import run
+
+SMALL = ["--users", "300", "--items", "80", "--interactions", "12000", "--groups", "4"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(base: str, path: str) -> tuple[int, dict | str]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=30) as response:
+            body = response.read().decode()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        body, status = err.read().decode(), err.code
+    try:
+        return status, json.loads(body)
+    except json.JSONDecodeError:
+        return status, body
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from conftest import copy_repo, unique_project
+
+    repo = copy_repo(tmp_path_factory.mktemp("serve"), unique_project())
+    root = repo.parent / "artifacts"
+    common = ["--repo", str(repo)]
+    steps = [
+        ["data", "--dataset", "synthetic", *SMALL],
+        ["apply"],
+        ["materialize"],
+        ["train", "--epochs", "3", "--batch-size", "256", "--artifacts", str(root)],
+        ["index", "--artifacts", str(root)],
+        ["train-ranker", "--epochs", "2", "--artifacts", str(root)],
+    ]
+    for step in steps:
+        assert run([*step, *common]) == 0, step
+    inter = pd.read_parquet(repo / "data" / "offline" / "interactions.parquet")
+    return repo, root, inter
+
+
+def serve(repo: Path, root: Path, online: str | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    argv = ["serve", "--port", str(port), "--repo", str(repo), "--artifacts", str(root)]
+    argv += ["--online-store", online] if online else []
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from retrieval.cli import main; main()", *argv],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            if get(base, "/readyz")[0] == 200:
+                return process, base
+        except OSError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise AssertionError("server not ready in 120 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def server(request, world, tmp_path_factory):
+    repo, root, inter = world
+    online = None
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        online = url
+        assert run(["apply", "--repo", str(repo), "--online-store", online]) == 0
+        assert run(["materialize", "--repo", str(repo), "--online-store", online]) == 0
+    process, base = serve(repo, root, online)
+    yield base, inter
+    stop(process)
+
+
+def history(inter: pd.DataFrame, user: int) -> set[int]:
+    rows = inter[(inter["user_id"] == user) & (inter["split"] != "test")]
+    return set(rows["item_id"].tolist())
+
+
+def test_recommend_returns_k_distinct_unseen_known_items(server):
+    base, inter = server
+    catalogue = set(inter["item_id"].unique())
+    for user in (1, 17, 42):
+        status, body = get(base, f"/recommend/{user}?k=7")
+        assert status == 200 and body["source"] == "personalized" and body["user_id"] == user
+        ids = [item["item_id"] for item in body["items"]]
+        assert len(ids) == 7 == len(set(ids)) and set(ids) <= catalogue
+        assert not set(ids) & history(inter, user)
+        assert all(item["retrieval_score"] is not None and item["title"] for item in body["items"])
+        scores = [item["score"] for item in body["items"]]
+        assert scores == sorted(scores, reverse=True)
+    status, body = get(base, "/recommend/1?k=50&exclude_seen=false")
+    assert status == 200 and set(i["item_id"] for i in body["items"]) & history(inter, 1)
+
+
+def test_unknown_user_gets_popular_items(server):
+    base, inter = server
+    status, body = get(base, "/recommend/987654?k=5")
+    assert status == 200 and body["source"] == "popular" and len(body["items"]) == 5
+    top = inter[inter["split"] != "test"]["item_id"].value_counts().index[:5].tolist()
+    assert [item["item_id"] for item in body["items"]] == top
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [("/recommend/1?k=0", "k"), ("/recommend/1?k=1001", "k"), ("/recommend/abc", "user_id"),
+     ("/recommend/1?exclude_seen=maybe", "exclude_seen"), ("/similar/x", "item_id")],
+)  # fmt: skip
+def test_bad_input_is_a_422_naming_the_field(server, path, field):
+    status, body = get(server[0], path)
+    assert status == 422 and body["detail"][0]["loc"][-1] == field and body["detail"][0]["msg"]
+
+
+def test_similar_items_share_the_query_items_genre(server, world):
+    """Synthetic items carry their planted group as their genre."""
+    base, repo = server[0], world[0]
+    items = pd.read_parquet(repo / "data" / "offline" / "item_content.parquet")
+    genre = items.set_index("item_id")["genres"].map(lambda g: g[0])
+    shared = []
+    for item in (3, 10, 25):
+        status, body = get(base, f"/similar/{item}?k=5")
+        ids = [i["item_id"] for i in body["items"]]
+        assert status == 200 and len(ids) == 5 and item not in ids
+        shared += [genre[i] == genre[item] for i in ids]
+    assert sum(shared) / len(shared) > 0.6  # chance: 1 in 4
+    assert get(base, "/similar/999999")[0] == 404
+
+
+def test_version_readyz_and_metrics_count_what_was_served(server):
+    base, _ = server
+    assert get(base, "/healthz") == (200, {"status": "ok"})
+    status, version = get(base, "/version")
+    assert status == 200 and version["model_version"] and version["ranker_version"]
+    before = _counter(get(base, "/metrics")[1], '/recommend/{user_id}",status="200"')
+    for user in range(1, 6):
+        assert get(base, f"/recommend/{user}")[0] == 200
+    text = get(base, "/metrics")[1]
+    assert _counter(text, '/recommend/{user_id}",status="200"') == before + 5
+    assert 'ttr_stage_seconds_count{stage="rerank"}' in text
+
+
+def _counter(text: str, labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith("ttr_requests_total") and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+ROUTES = st.sampled_from(["/recommend/{}", "/similar/{}"])
+IDS = st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=12))
+PARAMS = st.dictionaries(
+    st.sampled_from(["k", "exclude_seen"]),
+    st.one_of(st.integers(-5, 2000), st.booleans(), st.text(max_size=6)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(route=ROUTES, ident=IDS, params=PARAMS)
+def test_generated_requests_never_get_a_5xx(server, route, ident, params):
+    from urllib.parse import quote, urlencode
+
+    path = route.format(quote(str(ident), safe=""))
+    status, _ = get(server[0], path + "?" + urlencode(params))
+    assert status < 500, (path, params)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--dir", str(tmp_path), "--save", "3600 1",
+            "--appendonly", "no"]  # fmt: skip
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return process
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    servers = [start()]
+    yield f"redis://127.0.0.1:{port}/0", servers, start
+    for process in servers:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_redis_outage_degrades_to_popular_and_recovers(world, own_redis):
+    repo, root, _ = world
+    url, servers, start = own_redis
+    assert run(["apply", "--repo", str(repo), "--online-store", url]) == 0
+    assert run(["materialize", "--repo", str(repo), "--online-store", url]) == 0
+    process, base = serve(repo, root, url)
+    try:
+        assert get(base, "/recommend/1")[1]["source"] == "personalized"
+        servers[0].terminate()  # SIGTERM: redis saves its snapshot and exits
+        servers[0].wait(timeout=10)
+        down = [get(base, f"/recommend/{u}?k=3") for u in range(1, 9)]
+        assert all(status == 200 and len(body["items"]) == 3 for status, body in down)
+        assert {body["source"] for _, body in down} == {"popular"}
+        assert get(base, "/readyz")[0] == 503
+        servers.append(start())  # the same snapshot comes back
+        deadline = time.monotonic() + 30
+        while get(base, "/recommend/1")[1]["source"] != "personalized":
+            assert time.monotonic() < deadline, "personalized answers did not return"
+            time.sleep(0.2)
+        assert get(base, "/readyz")[0] == 200
+    finally:
+        stop(process)
