@@ -299,6 +299,7 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
     )
     labels = np.zeros(cand.shape, dtype=np.float32)
     labels[:, 0] = 1.0
+    torch.manual_seed(cfg.seed)
     ranker = Ranker(RankerConfig(vocab.num_users, vocab.num_items, len(vocab.genres)))
     result = fit_ranker(
         ranker,

@@ -231,6 +231,7 @@ def _towers(
     vocab, row_of = world.vocab, world.row_of
     frame, users = training_users(world.feast_store, rows, vocab, world.hidden, world.as_of)
     counts = np.bincount([row_of[i] for i in rows["item_id"]], minlength=len(row_of)) + 1.0
+    torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
     user_tower = UserTower(
         UserTowerConfig(vocab.num_items, len(vocab.genres), num_users=vocab.num_users)
     )
