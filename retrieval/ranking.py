@@ -299,8 +299,12 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
     )
     labels = np.zeros(cand.shape, dtype=np.float32)
     labels[:, 0] = 1.0
+    num_users = (
+        int(pq.read_table(prof.offline_dir / "user_profile.parquet")["user_id"].to_numpy().max())
+        + 1
+    )
     torch.manual_seed(cfg.seed)
-    ranker = Ranker(RankerConfig(vocab.num_users, vocab.num_items, len(vocab.genres)))
+    ranker = Ranker(RankerConfig(num_users, vocab.num_items, len(vocab.genres)))
     result = fit_ranker(
         ranker,
         users,

@@ -203,7 +203,7 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
     vocab = Vocab(
         genres=tuple(meta["genres"]),
         num_items=int(catalogue["item_id"].max()) + 1,
-        num_users=int(pa_compute.max(user_ids["user_id"]).as_py()) + 1,
+        num_users=int(pa_compute.max(user_ids["user_id"]).as_py()) + 1 if cfg.user_ids else 0,
     )
     row_of = {int(item): row for row, item in enumerate(catalogue["item_id"])}
     as_of = sp.test_time if timeless(sp) else None

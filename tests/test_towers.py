@@ -34,7 +34,7 @@ ITEMS = pd.DataFrame({
 
 def test_user_inputs_encode_gaps_as_missing():
     x = user_inputs(USERS, VOCAB)
-    assert x["user_id"].tolist() == [1, 2, 0]  # 3 is beyond num_users: unknown
+    assert x["user_id"].tolist() == [1, 2, 3]  # as stored: each model maps ids it lacks to 0
     assert x["age"].tolist()[1] == 0 and x["gender"].tolist()[1] == 0
     assert x["numeric"][1].tolist() == [0.0, 0.0, 0.0, 0.0]
     assert x["numeric"][0, 1] == 1.0 and x["numeric"][2, 3] == 0.0  # count yes, rating no

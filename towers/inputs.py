@@ -26,7 +26,7 @@ TOKEN = re.compile(r"[a-z0-9]+")
 class Vocab:
     genres: tuple[str, ...]  # the order of genre vectors (dataset.json)
     num_items: int  # item ids are 1..num_items - 1; 0 is padding and "unknown"
-    num_users: int = 0  # user ids likewise; 0: the user tower takes no id input
+    num_users: int = 0  # user ids 1..num_users - 1 for the user tower; 0: no id input
 
 
 def hashed(values: pd.Series, buckets: int = HASH_BUCKETS) -> torch.Tensor:
@@ -85,9 +85,9 @@ def user_inputs(frame: pd.DataFrame, vocab: Vocab) -> dict[str, torch.Tensor]:
     items as long as the feature holds them)."""
     count, has_history = scalar(frame["interaction_count"])
     rating, has_rating = scalar(frame["mean_rating"])
-    ids = torch.from_numpy(frame["user_id"].to_numpy(dtype=np.int64))
     return {
-        "user_id": torch.where(ids < vocab.num_users, ids, torch.zeros_like(ids)),
+        "user_id": torch.from_numpy(frame["user_id"].to_numpy(dtype=np.int64)),  # models map
+        # ids beyond their own tables to "unknown"
         "age": bucketed(frame["age"], AGE_EDGES),
         "gender": hashed(frame["gender"]),
         "occupation": hashed(frame["occupation"]),

@@ -29,6 +29,11 @@ def forget(table: nn.Embedding | nn.EmbeddingBag, ids: torch.Tensor) -> None:
     table.weight[ids] = 0.0
 
 
+def known(ids: torch.Tensor, size: int) -> torch.Tensor:
+    """`ids` with those outside an embedding table of `size` rows replaced by 0 (unknown)."""
+    return torch.where((ids >= 0) & (ids < size), ids, torch.zeros_like(ids))
+
+
 def save(model: nn.Module, folder: Path, name: str) -> None:
     """`name.safetensors` (weights) and `name.json` (the model's config) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)

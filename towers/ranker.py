@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from towers.inputs import AGE_EDGES, HASH_BUCKETS, YEAR_EDGES, scalar
+from towers.nn import known
 
 Inputs = dict[str, torch.Tensor]
 
@@ -66,7 +67,7 @@ class Ranker(nn.Module):
 
     def forward(self, user: Inputs, item: Inputs) -> torch.Tensor:
         """Logits (B,) for row i of `user` with row i of `item`."""
-        u, i = user["user_id"], item["item_id"]
+        u, i = known(user["user_id"], self.config.num_users), item["item_id"]
         gmf = self.gmf_user(u) * self.gmf_item(i)
         affinity = (user["genre_shares"] * item["genres"]).sum(dim=1, keepdim=True)
         side = [self.age(user["age"])] + [emb(user[k]) for k, emb in self.categorical.items()]

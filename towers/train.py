@@ -28,6 +28,7 @@ class TrainConfig:
     extra_negatives: int = 0  # uniform negatives added to the in-batch ones, per batch
     patience: int = 3  # epochs without a better validation recall before stopping
     refit: bool = True  # then train afresh on training + validation rows for the best epochs
+    user_ids: bool = False  # a user-id input (with dropout) beside the user's features
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
 

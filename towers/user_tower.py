@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from towers.inputs import AGE_EDGES, HASH_BUCKETS
-from towers.nn import forget, mlp, unit
+from towers.nn import forget, known, mlp, unit
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class UserTower(nn.Module):
         parts = [self.age(x["age"])] + [emb(x[k]) for k, emb in self.categorical.items()]
         parts += [x["numeric"], x["genre_shares"], self.recent(x["recent_items"])]
         if self.config.num_users:
-            ids = x["user_id"]
+            ids = known(x["user_id"], self.config.num_users)
             if self.training and self.config.id_dropout > 0:
                 ids = ids.masked_fill(torch.rand(ids.shape) < self.config.id_dropout, 0)
             parts.append(self.ids(ids))
