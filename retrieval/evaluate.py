@@ -26,6 +26,7 @@ from retrieval.training import (
     embed_users,
     fit,
     load_towers,
+    rows_of,
     split,
     user_features,
     vocab_of,
@@ -156,7 +157,7 @@ def ann_top(
 ) -> list[list[int]]:
     """Top k through the version's FAISS index, over-fetched to make room for excluded items."""
     built, info = index.load(version)
-    row_of = {int(i): r for r, i in enumerate(items)}
+    row_of = rows_of(items)
     depth = k + max((len(e) for e in proto.exclude), default=0)
     _, ids = index.search(built, info["params"], users, min(depth, len(items)))
     return [[row_of[i] for i in row if i >= 0 and row_of[i] not in done][:k]
@@ -174,7 +175,7 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
     sp = split(inter, manifest["dataset"], split_cfg, manifest["train"]["seed"])
     feast_store = store.open_store(prof)
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
-    row_of = {int(item): row for row, item in enumerate(catalogue["item_id"])}
+    row_of = rows_of(catalogue["item_id"])
     proto = protocol(pd.concat([sp.train, sp.validation]), sp.test, row_of)
     vocab = vocab_of(manifest)
     user_tower, item_tower = load_towers(version)

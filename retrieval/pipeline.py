@@ -24,10 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from retrieval import artifacts, index, store
+from retrieval import artifacts, index, ranking, store
 from retrieval.errors import TTRError
-from retrieval.ranking import catalogue_items
-from retrieval.training import catalogue_frame, vocab_of
+from retrieval.training import catalogue_frame, rows_of, vocab_of
 from towers import nn as tnn
 from towers.features import online_rows
 from towers.inputs import user_inputs
@@ -70,12 +69,12 @@ class Pipeline:
         self.index_version = f"{self.model_version}/{info['sha256'][:12]}"
         self.ranker, self.ranker_version = _ranker(root)
         now = pd.Timestamp.now(tz="UTC")
-        catalogue = catalogue_frame(self.store, prof.offline_dir, now)
+        catalogue = catalogue_frame(self.store, prof.offline_dir, now, ranking.SERVICE)
         self.item_ids = catalogue["item_id"].to_numpy()
         self.titles = catalogue["title"].fillna("").astype(str).tolist()
-        self.items = catalogue_items(self.store, self.vocab, catalogue, now)
+        self.items = ranking.ranker_inputs(catalogue, self.vocab)
         self.popular = np.argsort(-self.items["popularity"][:, 0].numpy(), kind="stable")
-        self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
+        self.row_of = rows_of(self.item_ids)
         self.down_until = 0.0  # while the online store is deemed down: no request waits on it
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
         torch.set_num_threads(1)

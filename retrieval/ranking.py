@@ -32,6 +32,8 @@ from retrieval.training import (
     embed_items,
     embed_users,
     load_towers,
+    num_users,
+    rows_of,
     split,
     timeless,
     training_users,
@@ -66,7 +68,11 @@ class RankerTrainConfig:
 
 def ranker_items(feast_store: FeatureStore, vocab: Vocab, entities: pd.DataFrame) -> Inputs:
     """Item-side ranker inputs for (item_id, event_timestamp) rows, point in time."""
-    frame = training_frame(feast_store, SERVICE, entities)
+    return ranker_inputs(training_frame(feast_store, SERVICE, entities), vocab)
+
+
+def ranker_inputs(frame: pd.DataFrame, vocab: Vocab) -> Inputs:
+    """Item-side ranker inputs from a frame of the ranker service's item features."""
     x = item_inputs(frame, vocab)
     return {
         "item_id": x["item_id"],
@@ -105,7 +111,7 @@ def hard_pools(
         embed_users(feast_store, user_tower, vocab, users, at)
         @ embed_items(item_tower, vocab, catalogue).T
     )
-    row_of = {int(i): r for r, i in enumerate(catalogue["item_id"])}
+    row_of = rows_of(catalogue["item_id"])
     for row, user in enumerate(users):
         scores[row, [row_of[i] for i in seen.get(user, [])]] = -np.inf
     depth = min(depth, scores.shape[1])
@@ -230,7 +236,7 @@ def validation_pairs(
 ) -> tuple[Inputs, Inputs]:
     """Each validation user's first validation item against 99 sampled items, both sides as of
     the validation time."""
-    row_of = {int(i): r for r, i in enumerate(catalogue["item_id"])}
+    row_of = rows_of(catalogue["item_id"])
     first = sp.validation.sort_values("event_timestamp", kind="stable").drop_duplicates("user_id")
     seen = (
         pd.concat([sp.train, sp.validation])
@@ -265,7 +271,7 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
     sp = split(inter, manifest["dataset"], split_cfg, manifest["train"]["seed"])
     feast_store, vocab = store.open_store(prof), vocab_of(manifest)
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
-    row_of = {int(i): r for r, i in enumerate(catalogue["item_id"])}
+    row_of = rows_of(catalogue["item_id"])
     rng = np.random.default_rng(cfg.seed)
     began = time.perf_counter()
     as_of = sp.test_time if timeless(sp) else None
@@ -299,12 +305,8 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
     )
     labels = np.zeros(cand.shape, dtype=np.float32)
     labels[:, 0] = 1.0
-    num_users = (
-        int(pq.read_table(prof.offline_dir / "user_profile.parquet")["user_id"].to_numpy().max())
-        + 1
-    )
     torch.manual_seed(cfg.seed)
-    ranker = Ranker(RankerConfig(num_users, vocab.num_items, len(vocab.genres)))
+    ranker = Ranker(RankerConfig(num_users(prof.offline_dir), vocab.num_items, len(vocab.genres)))
     result = fit_ranker(
         ranker,
         users,

@@ -26,6 +26,8 @@ from towers.train import Inputs, TrainConfig, Validation, embed, train
 from towers.user_tower import UserTower, UserTowerConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from feast import FeatureStore
 
 SERVICES = {"user": "user_tower", "item": "item_tower"}
@@ -68,13 +70,26 @@ def split(inter: pd.DataFrame, dataset: str, cfg: SplitConfig, seed: int = 0) ->
     )
 
 
-def catalogue_frame(feast_store: FeatureStore, offline_dir: Path, at: pd.Timestamp) -> pd.DataFrame:
-    """Every item's `item_tower` features, one row per item in id order."""
+def catalogue_frame(
+    feast_store: FeatureStore, offline_dir: Path, at: pd.Timestamp, service: str = SERVICES["item"]
+) -> pd.DataFrame:
+    """Every item's features in `service` as of `at`, one row per item in id order."""
     ids = pq.read_table(offline_dir / "item_content.parquet", columns=["item_id"])[
         "item_id"
     ].to_numpy()
     entities = pd.DataFrame({"item_id": np.sort(ids), "event_timestamp": at})
-    return training_frame(feast_store, SERVICES["item"], entities)
+    return training_frame(feast_store, service, entities)
+
+
+def rows_of(item_ids: Iterable[int]) -> dict[int, int]:
+    """Item id -> its row in a catalogue listed in `item_ids` order."""
+    return {int(item): row for row, item in enumerate(item_ids)}
+
+
+def num_users(offline_dir: Path) -> int:
+    """One past the largest user id in the user table: the size of a user-id embedding."""
+    ids = pq.read_table(offline_dir / "user_profile.parquet", columns=["user_id"])["user_id"]
+    return int(pa_compute.max(ids).as_py()) + 1
 
 
 def held_out(sp: Split, items: frozenset[int]) -> Split:
@@ -199,13 +214,12 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
         raise TTRError(f"{meta['dataset']}: the split leaves no training or validation rows")
     feast_store = store.open_store(prof)
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
-    user_ids = pq.read_table(prof.offline_dir / "user_profile.parquet", columns=["user_id"])
     vocab = Vocab(
         genres=tuple(meta["genres"]),
         num_items=int(catalogue["item_id"].max()) + 1,
-        num_users=int(pa_compute.max(user_ids["user_id"]).as_py()) + 1 if cfg.user_ids else 0,
+        num_users=num_users(prof.offline_dir) if cfg.user_ids else 0,
     )
-    row_of = {int(item): row for row, item in enumerate(catalogue["item_id"])}
+    row_of = rows_of(catalogue["item_id"])
     as_of = sp.test_time if timeless(sp) else None
     world = World(
         feast_store, vocab, catalogue, item_inputs(catalogue, vocab), row_of, hidden, as_of
