@@ -66,8 +66,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(repo: Path, artifacts: Path, port: int) -> subprocess.Popen:
-    argv = ["serve", "--port", str(port), "--repo", str(repo), "--artifacts", str(artifacts)]
+def start_server(repo: Path, artifacts: Path, port: int, workers: int) -> subprocess.Popen:
+    argv = ["serve", "--port", str(port), "--repo", str(repo), "--artifacts", str(artifacts),
+            "--workers", str(workers)]  # fmt: skip
     process = subprocess.Popen([sys.executable, "-c", "from retrieval.cli import main; main()",
                                 *argv], stdout=subprocess.DEVNULL)  # fmt: skip
     for _ in range(600):
@@ -83,13 +84,13 @@ def start_server(repo: Path, artifacts: Path, port: int) -> subprocess.Popen:
     raise SystemExit("the server did not become ready")
 
 
-def client(port: int, users: np.ndarray, until: float, pace: float | None,
+def client(port: int, users: np.ndarray, until: float, pace: float | None, phase: float,
            out: list[float], errors: list[int]) -> None:  # fmt: skip
-    """Requests until `until`: back to back (closed loop) or every `pace` seconds (open loop,
-    latency counted from the scheduled send time)."""
+    """Requests until `until`: back to back (closed loop) or every `pace` seconds from `phase`
+    seconds on (open loop, latency counted from the scheduled send time)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     rng = np.random.default_rng(threading.get_ident() % 2**32)
-    scheduled = time.perf_counter()
+    scheduled = time.perf_counter() + phase
     while scheduled < until:
         if pace is not None:
             time.sleep(max(0.0, scheduled - time.perf_counter()))
@@ -109,8 +110,10 @@ def load(port: int, users: np.ndarray, clients: int, seconds: float,
     errors: list[int] = []
     until = time.perf_counter() + seconds
     pace = clients / rate if rate else None
-    threads = [threading.Thread(target=client, args=(port, users, until, pace, latencies, errors))
-               for _ in range(clients)]  # fmt: skip
+    threads = [threading.Thread(target=client, args=(port, users, until, pace,
+                                                     i * pace / clients if pace else 0.0,
+                                                     latencies, errors))
+               for i in range(clients)]  # clients staggered evenly: no bursts  # fmt: skip
     began = time.perf_counter()
     for t in threads:
         t.start()
@@ -126,12 +129,13 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, required=True)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--users", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     args = parser.parse_args()
     ids = pd.read_parquet(args.repo / "data" / "offline" / "user_profile.parquet")["user_id"]
     users = np.sort(ids.sample(min(args.users, len(ids)), random_state=0).to_numpy())
     port = free_port()
-    server = start_server(args.repo, args.artifacts, port)
+    server = start_server(args.repo, args.artifacts, port, args.workers)
     try:
         load(port, users, 2, 2.0)  # warm up
         levels = [load(port, users, c, args.seconds) for c in LEVELS]
@@ -155,6 +159,7 @@ def main() -> None:
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "workers": args.workers,
         "in_process": stages, "closed_loop": levels, "peak_rps": peak["rps"],
         "half_peak": half,
         "http_over_in_process_p50": half["p50_ms"] / stages["total"]["p50_ms"],

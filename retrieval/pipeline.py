@@ -75,6 +75,8 @@ class Pipeline:
         self.items = ranking.ranker_inputs(catalogue, self.vocab)
         self.popular = np.argsort(-self.items["popularity"][:, 0].numpy(), kind="stable")
         self.row_of = rows_of(self.item_ids)
+        self.row_index = np.full(int(self.item_ids.max()) + 1, -1, dtype=np.int64)  # id -> row
+        self.row_index[self.item_ids] = np.arange(len(self.item_ids))
         self.down_until = 0.0  # while the online store is deemed down: no request waits on it
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
         torch.set_num_threads(1)
@@ -91,24 +93,24 @@ class Pipeline:
             log.warning("online store unavailable, serving popular items: %s", err)
             self.down_until = time.monotonic() + self.cfg.retry_after
             return self.popular_items(user_id, k, set(), seconds)
-        seen = {int(i) for i in row.get("seen_items") or []} if exclude_seen else set()
+        seen = np.asarray(row.get("seen_items") or [] if exclude_seen else [], dtype=np.int64)
         if not _known(row):
-            return self.popular_items(user_id, k, seen, seconds)
+            return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "user_tower"), torch.no_grad():
-            x = user_inputs(pd.DataFrame([row]), self.vocab)
+            x = user_inputs({name: [value] for name, value in row.items()}, self.vocab)
             query = self.user_tower(x).numpy()
         with _timed(seconds, "ann"):
             depth = min(self.cfg.candidates + len(seen), len(self.item_ids))
             scores, ids = index.search(self.index, self.index_params, query, depth)
-            keep = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
-                    if i >= 0 and int(i) not in seen][: self.cfg.candidates]  # fmt: skip
-        if not keep:
-            return self.popular_items(user_id, k, seen, seconds)
+            keep = np.flatnonzero((ids[0] >= 0) & ~np.isin(ids[0], seen))[: self.cfg.candidates]
+            ids, scores = ids[0][keep], scores[0][keep]
+        if not len(ids):
+            return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "rerank"):
-            rows = torch.tensor([self.row_of[i] for i, _ in keep])
-            final = self._rerank(x, rows, np.array([s for _, s in keep]))
+            rows = self.row_index[ids]
+            final = self._rerank(x, torch.from_numpy(rows), scores)
         best = np.argsort(-final, kind="stable")[:k]
-        items = [self._item(int(rows[j]), float(final[j]), keep[j][1]) for j in best]
+        items = [self._item(int(rows[j]), float(final[j]), float(scores[j])) for j in best]
         return Recommendation(user_id, items, "personalized", seconds)
 
     def _rerank(self, x: dict, rows: torch.Tensor, retrieval: np.ndarray) -> np.ndarray:

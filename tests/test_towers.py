@@ -32,6 +32,15 @@ ITEMS = pd.DataFrame({
 })  # fmt: skip
 
 
+def test_online_rows_as_lists_give_the_same_tensors_as_a_frame():
+    rows = USERS.astype(object).where(USERS.notna(), None).to_dict("records")
+    for row, expected in zip(rows, [USERS.iloc[[i]] for i in range(3)], strict=True):
+        lists = user_inputs({name: [value] for name, value in row.items()}, VOCAB)
+        framed = user_inputs(expected.reset_index(drop=True), VOCAB)
+        assert lists.keys() == framed.keys()
+        assert all(torch.equal(lists[k], framed[k]) for k in lists)
+
+
 def test_user_inputs_encode_gaps_as_missing():
     x = user_inputs(USERS, VOCAB)
     assert x["user_id"].tolist() == [1, 2, 3]  # as stored: each model maps ids it lacks to 0
@@ -64,15 +73,20 @@ def test_towers_give_unit_vectors_of_one_width():
     )
 
 
-def test_image_slot_uses_the_missing_vector_where_there_is_no_image():
-    cfg = ItemTowerConfig(num_items=10, num_genres=3, dim=8, image_dim=4, modalities=("image",))
+@pytest.mark.parametrize("kind", ["text", "image"])
+def test_a_content_slot_uses_the_missing_vector_where_an_item_has_none(kind):
+    cfg = ItemTowerConfig(
+        num_items=10, num_genres=3, dim=8, modalities=(kind,), **{f"{kind}_dim": 4}
+    )
     tower = ItemTower(cfg).eval()
-    x = {"image": torch.randn(2, 4), "has_image": torch.tensor([1.0, 0.0])}
+    x = {f"{kind}_vector": torch.randn(2, 4), f"has_{kind}": torch.tensor([1.0, 0.0])}
     with torch.no_grad():
-        tower.missing_image.copy_(torch.ones(4))
-        no_image = tower({"image": torch.randn(2, 4), "has_image": torch.zeros(2)})
-    assert torch.allclose(no_image[0], no_image[1])  # both rows fall back to the same vector
-    assert not torch.allclose(tower(x)[0], tower(x)[1])
+        getattr(tower, f"missing_{kind}").copy_(torch.randn(4))
+        absent = tower({f"{kind}_vector": torch.randn(2, 4), f"has_{kind}": torch.zeros(2)})
+        present = tower({**x, f"has_{kind}": torch.ones(2)})
+    assert torch.allclose(absent[0], absent[1])  # both rows fall back to the same vector
+    assert not torch.allclose(present[0], present[1])
+    assert torch.allclose(tower(x)[1], absent[0])  # a flagged-missing row ignores its zeros
     with pytest.raises(ValueError):
         ItemTower(ItemTowerConfig(num_items=10, num_genres=3, modalities=("image",)))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,17 +28,27 @@ class Vocab:
     genres: tuple[str, ...]  # the order of genre vectors (dataset.json)
     num_items: int  # item ids are 1..num_items - 1; 0 is padding and "unknown"
     num_users: int = 0  # user ids 1..num_users - 1 for the user tower; 0: no id input
+    text_dim: int = 0  # width of the pretrained text vectors; 0: none (hashed words instead)
+    image_dim: int = 0  # width of the pretrained image vectors; 0: none
 
 
-def hashed(values: pd.Series, buckets: int = HASH_BUCKETS) -> torch.Tensor:
+def hashed(values: pd.Series | Sequence, buckets: int = HASH_BUCKETS) -> torch.Tensor:
     """Stable bucket per string (crc32), 0 for a missing value."""
     ids = [0 if pd.isna(v) else 1 + zlib.crc32(str(v).encode()) % (buckets - 1) for v in values]
     return torch.tensor(ids, dtype=torch.long)
 
 
-def bucketed(values: pd.Series, edges: np.ndarray) -> torch.Tensor:
+def floats(values: pd.Series | Sequence) -> np.ndarray:
+    """float64 with NaN where a value is missing: a frame's column, or a plain list (one online
+    row: building a DataFrame would cost more than the whole user tower)."""
+    if isinstance(values, pd.Series):
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    return np.array([np.nan if v is None or v is pd.NA else v for v in values], dtype=np.float64)
+
+
+def bucketed(values: pd.Series | Sequence, edges: np.ndarray) -> torch.Tensor:
     """1 + the bucket of each number among `edges`; 0 for a missing value."""
-    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    x = floats(values)
     ids = np.where(np.isnan(x), 0, 1 + np.searchsorted(edges, np.nan_to_num(x), side="right"))
     return torch.from_numpy(ids.astype(np.int64))
 
@@ -71,22 +82,24 @@ def dense(lists: pd.Series, width: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def scalar(values: pd.Series) -> tuple[torch.Tensor, torch.Tensor]:
+def scalar(values: pd.Series | Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     """(value with 0 for missing, 1.0 where present), both (B,) float32."""
-    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float32)
+    x = floats(values).astype(np.float32)
     present = ~np.isnan(x)
     return torch.from_numpy(np.where(present, x, 0.0).astype(np.float32)), torch.from_numpy(
         present.astype(np.float32)
     )
 
 
-def user_inputs(frame: pd.DataFrame, vocab: Vocab) -> dict[str, torch.Tensor]:
+def user_inputs(
+    frame: pd.DataFrame | Mapping[str, Sequence], vocab: Vocab
+) -> dict[str, torch.Tensor]:
     """Tensors for the user tower from the `user_tower` feature service's columns (the recent
-    items as long as the feature holds them)."""
+    items as long as the feature holds them): a training frame, or online rows as lists."""
     count, has_history = scalar(frame["interaction_count"])
     rating, has_rating = scalar(frame["mean_rating"])
     return {
-        "user_id": torch.from_numpy(frame["user_id"].to_numpy(dtype=np.int64)),  # models map
+        "user_id": torch.from_numpy(np.asarray(frame["user_id"], dtype=np.int64)),  # models map
         # ids beyond their own tables to "unknown"
         "age": bucketed(frame["age"], AGE_EDGES),
         "gender": hashed(frame["gender"]),
@@ -119,9 +132,15 @@ def item_inputs(frame: pd.DataFrame, vocab: Vocab) -> dict[str, torch.Tensor]:
                 genres[row, index[name]] = 1.0
     text = frame["title"].fillna("").astype(str) + " " + frame["plot"].fillna("").astype(str)
     ids = torch.from_numpy(frame["item_id"].to_numpy(dtype=np.int64))
-    return {
+    out = {
         "item_id": torch.where(ids < vocab.num_items, ids, torch.zeros_like(ids)),
         "genres": torch.from_numpy(genres),
         "year": bucketed(frame["year"], YEAR_EDGES),
         "text": padded(tokens(text), MAX_TOKENS),
     }
+    for kind, width in (("text", vocab.text_dim), ("image", vocab.image_dim)):
+        if width:
+            out[f"{kind}_vector"] = dense(frame[f"{kind}_vector"], width)
+            has = frame[f"has_{kind}"].astype("boolean").fillna(False).to_numpy(dtype=np.float32)
+            out[f"has_{kind}"] = torch.from_numpy(has)
+    return out
