@@ -79,6 +79,22 @@ item_content = FeatureView(
     tags={"kind": "static"},
 )
 
+# Pretrained content vectors (`ttr content`): text over title, genres and plot; image over the
+# poster. A null vector with its flag false where the item has no such content or none is computed.
+item_vectors = FeatureView(
+    name="item_vectors",
+    entities=[item],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="text_vector", dtype=Array(Float32)),  # all-MiniLM-L6-v2, 384 wide
+        Field(name="has_text", dtype=Bool),
+        Field(name="image_vector", dtype=Array(Float32)),  # EfficientNet-Lite0 pooled, 1280 wide
+        Field(name="has_image", dtype=Bool),
+    ],
+    source=_source("item_vectors"),
+    tags={"kind": "static"},
+)
+
 # Popularity over time: a row per item per active day, and one more when a day leaves the window.
 item_popularity = FeatureView(
     name="item_popularity",
@@ -110,7 +126,7 @@ item_embedding = FeatureView(
 user_tower = FeatureService(name="user_tower", features=[user_profile, user_activity])
 
 # What the item tower reads.
-item_tower = FeatureService(name="item_tower", features=[item_content])
+item_tower = FeatureService(name="item_tower", features=[item_content, item_vectors])
 
 # A training set for the two towers: user and item features joined at each interaction's time.
 two_tower_training = FeatureService(

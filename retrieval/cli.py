@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from retrieval.content import ContentConfig
 from retrieval.errors import TTRError
 from retrieval.index import IndexConfig
 from retrieval.offline import FeatureConfig
@@ -39,7 +40,9 @@ def default_repo() -> Path:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from retrieval import datasets, offline, store
+    import pyarrow.parquet as pq
+
+    from retrieval import content, datasets, offline, store
     from retrieval.synthetic import generate
 
     prof = store.profile(args.repo)
@@ -49,8 +52,12 @@ def cmd_data(args: argparse.Namespace) -> None:
         ds = generate(_config_from(SyntheticConfig, args))
     else:
         ds = datasets.load(args.dataset, Path(args.data_dir) if args.data_dir else None)
+    before = prof.offline_dir / content.TABLE
+    vectors = pq.read_table(before) if before.exists() else None
     with tqdm(total=len(offline.TABLES), desc="feature tables", unit=" tables") as bar:
-        tables = offline.build(ds, features, lambda name: (bar.set_postfix_str(name), bar.update()))
+        tables = offline.build(
+            ds, features, lambda name: (bar.set_postfix_str(name), bar.update()), vectors
+        )
     offline.write(tables, prof.offline_dir)
     counts = tables.meta["counts"]
     print(
@@ -59,6 +66,17 @@ def cmd_data(args: argparse.Namespace) -> None:
         f"popularity {tables.item_popularity.num_rows:,}; {tables.meta['start'][:10]} to "
         f"{tables.meta['end'][:10]} -> {prof.offline_dir} ({time.perf_counter() - began:.1f} s)"
     )
+
+
+def cmd_content(args: argparse.Namespace) -> None:
+    from retrieval import content, store
+
+    prof = store.profile(args.repo)
+    source = Path(args.data_dir).expanduser().resolve() if args.data_dir else None
+    done = content.compute(prof.offline_dir, _config_from(content.ContentConfig, args), source)
+    if done.missing:
+        print(content.absent_message(done.missing))
+    print(f"{content.summary(done)} -> {prof.offline_dir / content.TABLE}")
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
@@ -107,10 +125,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     prof = store.profile(args.repo, args.online_store)
     cfg, split_cfg = _config_from(TrainConfig, args), _config_from(training.SplitConfig, args)
     version = training.run(prof, Path(args.artifacts), cfg, split_cfg)
-    metrics = artifacts.manifest(version)["metrics"]
-    k = cfg.k
+    manifest = artifacts.manifest(version)
+    metrics, k = manifest["metrics"], cfg.k
+    text = "pretrained text" if manifest["vocab"]["text_dim"] else "hashed words"
     print(f"trained: best epoch {metrics['best_epoch']}, validation recall@{k} "
-          f"{metrics[f'val_recall@{k}']:.4f} -> {version} (now latest)")  # fmt: skip
+          f"{metrics[f'val_recall@{k}']:.4f}; item inputs {'+'.join(manifest['item_inputs'])} "
+          f"(text: {text}) -> {version} (now latest)")  # fmt: skip
 
 
 def cmd_index(args: argparse.Namespace) -> None:
@@ -154,6 +174,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     from retrieval import store
     from retrieval.pipeline import Pipeline
 
+    _check_k(args.k)
     pipeline = Pipeline(store.profile(args.repo, args.online_store), Path(args.artifacts))
     rec = pipeline.recommend(args.user_id, args.k, exclude_seen=not args.include_seen)
     print(f"user {args.user_id}: {rec.source}, model {pipeline.model_version}")
@@ -164,14 +185,30 @@ def cmd_recommend(args: argparse.Namespace) -> None:
               f"{item['title']}")  # fmt: skip
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    from retrieval import store
+    from retrieval.explain import explain
+    from retrieval.pipeline import Pipeline
+
+    _check_k(args.k)
+    prof = store.profile(args.repo, args.online_store)
+    pipeline = Pipeline(prof, Path(args.artifacts))
+    out = Path(args.out or f"explain_{args.user_id}.png")
+    shown = explain(pipeline, prof.offline_dir, args.user_id, out, args.k)
+    print(f"user {args.user_id}: {len(shown['history'])} recent items, "
+          f"{len(shown['recommended'])} recommended ({shown['source']}) -> {out}")  # fmt: skip
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     os.environ["TTR_REPO"] = str(Path(args.repo).resolve())
     os.environ["TTR_ARTIFACTS"] = str(Path(args.artifacts).resolve())
+    os.environ["TTR_THREADS"] = str(args.threads)
     if args.online_store:
         os.environ["TTR_ONLINE_STORE"] = args.online_store
-    print(f"serving {args.artifacts} on http://{args.host}:{args.port} ({args.workers} workers)")
+    print(f"serving {args.artifacts} on http://{args.host}:{args.port} ({args.workers} workers, "
+          f"{args.threads} pipeline thread{'s' if args.threads > 1 else ''} each)")  # fmt: skip
     uvicorn.run("retrieval.api:from_environment", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning")  # fmt: skip
 
@@ -183,6 +220,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     steps = [
         ["data", "--dataset", args.dataset, *data],
+        ["content"],
         ["apply"],
         ["materialize"],
         ["train", *art],
@@ -198,6 +236,11 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
           f"then:     curl 'http://127.0.0.1:8000/recommend/{args.user}?k=10'")  # fmt: skip
 
 
+def _check_k(k: int) -> None:
+    if not 1 <= k <= 1000:
+        raise TTRError(f"--k {k}: choose between 1 and 1000")
+
+
 def _config_from(cls: type[T], args: argparse.Namespace) -> T:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
@@ -209,10 +252,18 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) ->
         group.add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,
-            type=type(f.default),
+            type=_boolean if isinstance(f.default, bool) else type(f.default),
             default=f.default,
             help=f"default: {f.default}",
         )
+
+
+def _boolean(text: str) -> bool:
+    """`--refit false` means false (argparse's `bool` would call any non-empty string true)."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: use true or false")
+    return value[text.lower()]
 
 
 def _common(parser: argparse.ArgumentParser, online: bool = True) -> None:
@@ -245,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, SyntheticConfig, "synthetic dataset")
     _common(p, online=False)
     p.set_defaults(func=cmd_data)
+    p = sub.add_parser("content", help="text and poster vectors from pretrained encoders")
+    p.add_argument("--data-dir", default=None, help="raw files (default: where `ttr data` read)")
+    _add_config_flags(p, ContentConfig, "content encoders")
+    _common(p, online=False)
+    p.set_defaults(func=cmd_content)
     p = sub.add_parser("apply", help="register the feature repository (feast apply, in process)")
     _common(p)
     p.set_defaults(func=cmd_apply)
@@ -295,10 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
     _common(p)
     p.set_defaults(func=cmd_recommend)
+    p = sub.add_parser("explain", help="a PNG of one user's recent items and top k, as posters")
+    p.add_argument("user_id", type=int, help="the user's integer id")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", default=None, help="the PNG (default: explain_USER_ID.png)")
+    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _common(p)
+    p.set_defaults(func=cmd_explain)
     p = sub.add_parser("serve", help="the recommendation API (FastAPI under uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument(
+        "--threads", type=int, default=1, help="pipeline threads per process (more: a slow store)"
+    )
     p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
     _common(p)
     p.set_defaults(func=cmd_serve)

@@ -61,6 +61,7 @@ class Dataset:
     items: pd.DataFrame
     genres: list[str]  # the order of every genre vector
     truth: dict[str, np.ndarray] = field(default_factory=dict)  # planted structure (synthetic)
+    source: Path | None = None  # the directory of the raw files (posters live under it)
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,10 @@ def _finish(
         }
     )
     _check_refs(interactions, users, items, name)
-    return Dataset(name, interactions, users, items.reset_index(drop=True), list(genres))
+    return Dataset(
+        name, interactions, users, items.reset_index(drop=True), list(genres),
+        source=data_dir.resolve(),
+    )  # fmt: skip
 
 
 def load_ml1m(data_dir: Path) -> Dataset:

@@ -41,11 +41,17 @@ if TYPE_CHECKING:
 
 K_VALUES = (10, 20, 50, 100)
 K_MAX = max(K_VALUES)
-ABLATION = {  # the image input joins when posters have vectors (the content-encoder issue)
+ABLATION = {  # the image variant runs where posters have vectors (`ttr content`)
     "id": ("id",),
     "id+categorical": ("id", "categorical"),
     "id+categorical+text": ("id", "categorical", "text"),
+    "id+categorical+text+image": ("id", "categorical", "text", "image"),
 }
+COLD_START = {  # the item tower's inputs per cold-start variant (None: every input it has)
+    "two_tower": None,
+    "id+categorical": ("id", "categorical"),
+}
+SIMILAR_K = 10
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,7 @@ def tuned_ials(
             recall = metrics.recall_at_k(top_k(scores, val.exclude, 20), val.relevant, 20)
             if recall > best:
                 best, chosen = recall, {"factors": factors, "regularization": reg}
-    before = pd.concat([sp.train, sp.validation])
+    before = before_test(sp)
     scores = ials_scores(
         before, row_of, users, chosen["factors"], chosen["regularization"], cfg.ials_iterations
     )
@@ -176,7 +182,7 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
     feast_store = store.open_store(prof)
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
     row_of = rows_of(catalogue["item_id"])
-    proto = protocol(pd.concat([sp.train, sp.validation]), sp.test, row_of)
+    proto = protocol(before_test(sp), sp.test, row_of)
     vocab = vocab_of(manifest)
     user_tower, item_tower = load_towers(version)
     users = embed_users(feast_store, user_tower, vocab, proto.users, sp.test_time)
@@ -199,15 +205,45 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
     }  # fmt: skip
     if ranker is not None:
         result["ncf_protocol"] = ncf_protocol(sp.test, proto, row_of, scores, ranked, cfg.seed)
+    result["similar"] = similar(items, catalogue, row_of, before_test(sp))
     if cfg.retrain:
         train_cfg = TrainConfig(**manifest["train"])
         result["ablation"] = {
             name: scored(ablated(prof, train_cfg, split_cfg, modalities, catalogue, proto),
                          proto, temporal)
             for name, modalities in ABLATION.items()
+            if "image" not in modalities or vocab.image_dim
         }  # fmt: skip
         result["cold_start"] = cold_start(prof, train_cfg, split_cfg, cfg, catalogue, proto)
     return result
+
+
+def before_test(sp: Split) -> pd.DataFrame:
+    return pd.concat([sp.train, sp.validation])
+
+
+def similar(items: np.ndarray, catalogue: pd.DataFrame, row_of: dict[int, int],
+            before: pd.DataFrame) -> dict:  # fmt: skip
+    """What `/similar` returns, judged by genre: for every catalogue item with a genre, the share
+    of its SIMILAR_K nearest items (by item embedding, itself excluded) that share a genre with
+    it, against the SIMILAR_K most popular other items."""
+    genres = [set(_names(g)) for g in catalogue["genres"]]
+    queries = np.array([r for r, g in enumerate(genres) if g])
+    scores = items[queries] @ items.T
+    scores[np.arange(len(queries)), queries] = -np.inf
+    nearest = np.argpartition(-scores, SIMILAR_K, axis=1)[:, :SIMILAR_K]
+    counts = np.bincount(before["item_id"].map(row_of), minlength=len(catalogue))
+    popular = np.argsort(-counts, kind="stable")[: SIMILAR_K + 1]
+    top_popular = [[r for r in popular if r != q][:SIMILAR_K] for q in queries]
+
+    def share(lists: list | np.ndarray) -> float:
+        hits = [np.mean([bool(genres[q] & genres[r]) for r in rows])
+                for q, rows in zip(queries, lists, strict=True)]  # fmt: skip
+        return float(np.mean(hits))
+
+    key = f"genre_share@{SIMILAR_K}"
+    return {"items": len(queries), "two_tower": {key: share(nearest)},
+            "popularity": {key: share(top_popular)}}  # fmt: skip
 
 
 def ablated(
@@ -236,7 +272,6 @@ def cold_start(
     size = max(1, int(len(ids) * eval_cfg.cold_items))
     hidden = np.sort(rng.choice(ids, size=size, replace=False))
     print(f"cold start: {len(hidden):,} items held out of training")
-    f = fit(prof, cfg, split_cfg, hidden=frozenset(hidden.tolist()))
     rows = np.searchsorted(ids, hidden)  # catalogue rows of the held-out items
     local = {int(r): j for j, r in enumerate(rows)}
     relevant, exclude = ([{local[r] for r in s if r in local} for s in sets]
@@ -244,16 +279,16 @@ def cold_start(
     keep = np.array([bool(rel) for rel in relevant])
     wanted, exclude = ([s for s, k in zip(sets, keep, strict=True) if k]
                        for sets in (relevant, exclude))  # fmt: skip
-    users = embed_users(
-        store.open_store(prof), f.user_tower, f.vocab, proto.users[keep], f.split.test_time,
-        f.hidden,
-    )  # fmt: skip
-    items = embed_items(f.item_tower, f.vocab, catalogue.iloc[rows])
-    before = pd.concat([f.split.train, f.split.validation])
-    scores = {
-        "popularity": np.tile(genre_popularity(before, catalogue, rows), (int(keep.sum()), 1)),
-        "two_tower": users @ items.T,
-    }
+    scores = {}
+    for name, modalities in COLD_START.items():
+        f = fit(prof, cfg, split_cfg, modalities, hidden=frozenset(hidden.tolist()))
+        users = embed_users(
+            store.open_store(prof), f.user_tower, f.vocab, proto.users[keep], f.split.test_time,
+            f.hidden,
+        )  # fmt: skip
+        scores[name] = users @ embed_items(f.item_tower, f.vocab, catalogue.iloc[rows]).T
+    popular = genre_popularity(before_test(f.split), catalogue, rows)
+    scores["popularity"] = np.tile(popular, (int(keep.sum()), 1))
     return {
         "items": len(hidden), "users": int(keep.sum()),
         **{name: metrics.report(top_k(s, exclude, K_MAX), wanted, K_VALUES)
@@ -285,7 +320,7 @@ def rankings(
     cfg: EvalConfig,
 ) -> tuple[dict[str, np.ndarray], dict]:  # fmt: skip
     """Each baseline's and the two-tower's scores (test users x catalogue)."""
-    before = pd.concat([sp.train, sp.validation])
+    before = before_test(sp)
     ials, ials_params = tuned_ials(sp, row_of, cfg, proto.users)
     scores = {
         "popularity": popularity_scores(before, row_of, len(proto.users)),

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retrieval import content
 from retrieval.datasets import Dataset
 from retrieval.errors import TTRError
 
@@ -53,15 +54,20 @@ class Tables:
     user_history: pa.Table
     item_content: pa.Table
     item_popularity: pa.Table
+    item_vectors: pa.Table
     interactions: pa.Table
     meta: dict
 
 
 def build(
-    ds: Dataset, cfg: FeatureConfig | None = None, done: Callable[[str], object] | None = None
+    ds: Dataset,
+    cfg: FeatureConfig | None = None,
+    done: Callable[[str], object] | None = None,
+    vectors: pa.Table | None = None,
 ) -> Tables:
     """All offline tables for `ds`, calling `done(name)` as each is ready; activity features are
-    computed from non-test rows only."""
+    computed from non-test rows only; content `vectors` computed before are carried over where
+    their item's content is unchanged."""
     cfg = cfg or FeatureConfig()
     inter = ds.interactions.sort_values(["user_id", "timestamp"], kind="stable").reset_index(
         drop=True
@@ -79,6 +85,7 @@ def build(
         "counts": {"users": len(ds.users), "items": len(ds.items), "interactions": len(inter)},
         "recent_items": cfg.recent_items,
         "activity_bucket": cfg.activity_bucket,
+        "source": str(ds.source) if ds.source else None,  # raw files: posters for `ttr content`
     }
     makers = {
         "user_profile": lambda: _static(ds.users, start_us),
@@ -88,6 +95,9 @@ def build(
         "user_history": lambda: user_history(feat, BUCKETS[cfg.activity_bucket], cfg.seen_items),
         "item_content": lambda: _static(ds.items, start_us),
         "item_popularity": lambda: item_popularity(feat),
+        "item_vectors": lambda: content.vectors_table(
+            content.keys(ds.items, ds.source), vectors, _ts(np.full(len(ds.items), start_us))
+        ),
         "interactions": lambda: _interactions(inter),
     }
     tables = {}
@@ -264,6 +274,7 @@ TABLES = (
     "user_history",
     "item_content",
     "item_popularity",
+    "item_vectors",
     "interactions",
 )
 
@@ -290,6 +301,11 @@ def write(tables: Tables, offline_dir: Path) -> list[Path]:
 def write_table(table: pa.Table, path: Path) -> None:
     """One parquet file, written under a temporary name and renamed."""
     os.replace(_stage(path.parent, table), path)
+
+
+def write_text(text: str, path: Path) -> None:
+    """One text file, written under a temporary name and renamed."""
+    os.replace(_stage(path.parent, text), path)
 
 
 def _stage(folder: Path, payload: pa.Table | str) -> Path:

@@ -11,6 +11,7 @@ rank high that the user did not pick), paired with the positive's user features 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 SERVICE = "ranker"
+CHUNK = 512  # users scored against the whole catalogue at once
 DAY = pd.Timedelta(days=1)
 
 
@@ -72,8 +74,9 @@ def ranker_items(feast_store: FeatureStore, vocab: Vocab, entities: pd.DataFrame
 
 
 def ranker_inputs(frame: pd.DataFrame, vocab: Vocab) -> Inputs:
-    """Item-side ranker inputs from a frame of the ranker service's item features."""
-    x = item_inputs(frame, vocab)
+    """Item-side ranker inputs from a frame of the ranker service's item features (content
+    vectors are the towers' input, not the ranker's)."""
+    x = item_inputs(frame, dataclasses.replace(vocab, text_dim=0, image_dim=0))
     return {
         "item_id": x["item_id"],
         "genres": x["genres"],
@@ -105,21 +108,23 @@ def hard_pools(
     seen: pd.Series,
     depth: int,
 ) -> dict[int, np.ndarray]:
-    """Each user's top `depth` catalogue rows by the retrieval towers, the user's own items out."""
+    """Each user's top `depth` catalogue rows by the retrieval towers, the user's own items out;
+    scored `CHUNK` users at a time."""
     user_tower, item_tower = load_towers(version)
-    scores = (
-        embed_users(feast_store, user_tower, vocab, users, at)
-        @ embed_items(item_tower, vocab, catalogue).T
-    )
+    user_x = embed_users(feast_store, user_tower, vocab, users, at)
+    items = embed_items(item_tower, vocab, catalogue)
     row_of = rows_of(catalogue["item_id"])
-    for row, user in enumerate(users):
-        scores[row, [row_of[i] for i in seen.get(user, [])]] = -np.inf
-    depth = min(depth, scores.shape[1])
-    top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+    depth = min(depth, len(items))
     pools = {}
-    for row, user in enumerate(users):
-        pool = top[row][np.isfinite(scores[row, top[row]])]
-        pools[int(user)] = pool if len(pool) else np.arange(len(catalogue))
+    for start in range(0, len(users), CHUNK):
+        scores = user_x[start : start + CHUNK] @ items.T
+        chunk_users = users[start : start + CHUNK]
+        for row, user in enumerate(chunk_users):
+            scores[row, [row_of[i] for i in seen.get(user, [])]] = -np.inf
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        for row, user in enumerate(chunk_users):
+            pool = top[row][np.isfinite(scores[row, top[row]])]
+            pools[int(user)] = pool if len(pool) else np.arange(len(catalogue))
     return pools
 
 

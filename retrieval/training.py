@@ -15,7 +15,7 @@ import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 import torch
 
-from retrieval import artifacts, store
+from retrieval import artifacts, content, store
 from retrieval.errors import TTRError
 from retrieval.offline import read_meta
 from towers import nn as tnn
@@ -200,10 +200,16 @@ class Fitted:
     hidden: frozenset[int]  # items held out of training entirely
 
 
+def modalities_of(vocab: Vocab) -> tuple[str, ...]:
+    """Every item-tower input the catalogue has: the image only where posters have vectors."""
+    return ("id", "categorical", "text", *(("image",) if vocab.image_dim else ()))
+
+
 def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
-        modalities: tuple[str, ...] = ItemTowerConfig.modalities,
+        modalities: tuple[str, ...] | None = None,
         hidden: frozenset[int] = frozenset()) -> Fitted:  # fmt: skip
-    """Both towers trained on the repository's offline data (the item tower on `modalities`),
+    """Both towers trained on the repository's offline data (the item tower on `modalities`,
+    default every input the catalogue has),
     the `hidden` items kept out of training, validation and the users' recent items: early
     stopping on validation, then (`cfg.refit`) afresh on training and validation rows for the
     best number of epochs."""
@@ -218,7 +224,9 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
         genres=tuple(meta["genres"]),
         num_items=int(catalogue["item_id"].max()) + 1,
         num_users=num_users(prof.offline_dir) if cfg.user_ids else 0,
+        **{f"{kind}_dim": width for kind, width in content.dims(prof.offline_dir).items()},
     )
+    modalities = modalities or modalities_of(vocab)
     row_of = rows_of(catalogue["item_id"])
     as_of = sp.test_time if timeless(sp) else None
     world = World(
@@ -249,9 +257,11 @@ def _towers(
     user_tower = UserTower(
         UserTowerConfig(vocab.num_items, len(vocab.genres), num_users=vocab.num_users)
     )
-    item_tower = ItemTower(
-        ItemTowerConfig(vocab.num_items, len(vocab.genres), modalities=modalities)
-    )
+    item_tower = ItemTower(ItemTowerConfig(
+        vocab.num_items, len(vocab.genres), modalities=modalities,
+        text_dim=vocab.text_dim if "text" in modalities else 0,
+        image_dim=vocab.image_dim if "image" in modalities else 0,
+    ))  # fmt: skip
     result = train(
         user_tower, item_tower, users, torch.tensor([row_of[i] for i in frame["item_id"]]),
         torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)), world.items,
@@ -272,6 +282,8 @@ def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfi
     info = {
         "dataset": f.meta["dataset"], "data_time_range": [f.meta["start"], f.meta["end"]],
         "vocab": asdict(f.vocab), "split": _split_info(f.split, split_cfg), "train": asdict(cfg),
+        "item_inputs": list(f.item_tower.config.modalities),
+        "content": content.info(prof.offline_dir),
         "seconds": f.seconds, "metrics": f.result,
     }  # fmt: skip
     with artifacts.staging(root) as staged:

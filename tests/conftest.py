@@ -81,6 +81,7 @@ VIEWS = {
     "user_history": "user_id",
     "item_content": "item_id",
     "item_popularity": "item_id",
+    "item_vectors": "item_id",
 }
 
 

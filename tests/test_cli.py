@@ -162,3 +162,14 @@ def test_materialize_recreates_a_deleted_online_store(stored, capsys):
     assert run(["materialize", "--repo", str(stored)]) == 0
     assert run(["features", "item", "1", "--repo", str(stored)]) == 0
     assert '"title": "Toy Story (1995)"' in capsys.readouterr().out
+
+
+def test_boolean_flags_read_false_as_false(capsys):
+    from retrieval.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--refit", "false"]).refit is False
+    assert parser.parse_args(["train", "--refit", "True"]).refit is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--refit", "maybe"])
+    assert "'maybe' is not a boolean" in capsys.readouterr().err

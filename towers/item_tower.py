@@ -1,9 +1,10 @@
 """The multimodal item tower: one projection per modality into a shared space, summed, L2-normed.
 
 Modalities: the item id (dropped out in training, so an item never seen still embeds from its
-content), categorical (genres multi-hot, year bucket), text (a hashed bag of title and plot words;
-the slot a pretrained encoder's vector will fill), and an image vector (precomputed per item, with
-a learned vector standing in where an item has none).
+content), categorical (genres multi-hot, year bucket), text (a pretrained sentence encoder's vector
+where the catalogue has them, else a hashed bag of title and plot words), and an image vector
+(a pretrained network's, per poster). The encoders stay frozen: their vectors are inputs, and a
+learned vector stands in where an item has none.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class ItemTowerConfig:
     dim: int = 64
     embed: int = 64  # width of the id and text embeddings before projection
     id_dropout: float = 0.2  # share of training rows whose id embedding is replaced by "unknown"
+    text_dim: int = 0  # width of the precomputed text vector; 0: hashed words instead
     image_dim: int = 0  # width of the precomputed image vector; 0: no image input
     modalities: tuple[str, ...] = ("id", "categorical", "text")  # the ablation switch
 
@@ -46,12 +48,15 @@ class ItemTower(nn.Module):
         if "categorical" in c.modalities:
             self.year = nn.Embedding(len(YEAR_EDGES) + 2, 16)
             self.proj["categorical"] = mlp([c.num_genres + 16, c.dim, c.dim])
-        if "text" in c.modalities:
+        if "text" in c.modalities and c.text_dim:
+            self.missing_text = nn.Parameter(torch.zeros(c.text_dim))
+            self.proj["text"] = _frozen_input(c.text_dim, c.dim)
+        elif "text" in c.modalities:
             self.words = nn.EmbeddingBag(TEXT_BUCKETS, c.embed, mode="mean", padding_idx=0)
             self.proj["text"] = nn.Linear(c.embed, c.dim)
         if "image" in c.modalities:
             self.missing_image = nn.Parameter(torch.zeros(c.image_dim))
-            self.proj["image"] = nn.Linear(c.image_dim, c.dim)
+            self.proj["image"] = _frozen_input(c.image_dim, c.dim)
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return unit(sum(self.proj[m](self._input(m, x)) for m in self.config.modalities))
@@ -70,7 +75,14 @@ class ItemTower(nn.Module):
             return self.ids(ids)
         if modality == "categorical":
             return torch.cat([x["genres"], self.year(x["year"])], dim=1)
-        if modality == "text":
+        if modality == "text" and not self.config.text_dim:
             return self.words(x["text"])
-        has = x["has_image"][:, None]  # (B, 1)
-        return has * x["image"] + (1 - has) * self.missing_image
+        has = x[f"has_{modality}"][:, None]  # (B, 1)
+        missing = self.missing_text if modality == "text" else self.missing_image
+        return has * x[f"{modality}_vector"] + (1 - has) * missing
+
+
+def _frozen_input(width: int, dim: int) -> nn.Module:
+    """A pretrained encoder's vector into the shared space: normalised (encoders differ in scale),
+    then a small MLP."""
+    return nn.Sequential(nn.LayerNorm(width), mlp([width, dim, dim]))

