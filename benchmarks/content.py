@@ -52,7 +52,9 @@ def main() -> None:
     texts = content.item_text(ds.items).tolist()
     posters = [p for p in (content.poster_path(ds.source, int(i)) for i in ds.items["item_id"])
                if p is not None]  # fmt: skip
-    text_encoder, image_encoder = content.TextEncoder(), content.ImageEncoder(224)
+    cfg = content.ContentConfig(batch=args.batch)
+    text_encoder = content.TextEncoder()
+    image_encoder = content.ImageEncoder(cfg.image_height, cfg.image_width)
     rows = {
         "text: hashed words (baseline)": (len(texts), timed(tokens, ds.items["title"])),
         "text: all-MiniLM-L6-v2": (len(texts), timed(batched, text_encoder, texts, args.batch)),
@@ -69,7 +71,7 @@ def main() -> None:
         offline_dir = Path(tmp)
         offline.write(offline.build(ds), offline_dir)
         began = time.perf_counter()
-        done = content.compute(offline_dir, content.ContentConfig(batch=args.batch))
+        done = content.compute(offline_dir, cfg)
         end_to_end = time.perf_counter() - began
     print(f"{'step':36s} {'items':>7s} {'seconds':>9s} {'items/s':>9s}")
     for name, (n, seconds) in rows.items():

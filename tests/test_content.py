@@ -47,7 +47,11 @@ def test_the_image_weights_load_strictly_and_tell_posters_apart(tmp_path):
     net = efficientnet.load(weights())
     stored = torch.load(weights(), map_location="cpu", weights_only=True)
     assert set(net.state_dict()) == set(stored)  # every tensor in the file used, none missing
-    encoder = content.ImageEncoder(224)
+    x = torch.rand(2, 3, 240, 160)
+    with torch.no_grad():  # folding the batch norms into the convolutions keeps the function
+        folded = efficientnet.fold_batch_norms(efficientnet.load(weights()))
+        assert torch.allclose(net.features(x), folded.features(x), atol=1e-4)
+    encoder = content.ImageEncoder(240, 160)
     paths = [tmp_path / f"{i}.jpg" for i in range(3)]
     for i, path in enumerate(paths):
         poster(path, i % 2, seed=i)

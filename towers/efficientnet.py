@@ -43,12 +43,16 @@ STAGES = (  # EfficientNet-B0's stages; Lite0 keeps them at width and depth 1.0
 
 
 class SameConv(nn.Conv2d):
-    """A bias-free convolution padded like TensorFlow's "same"."""
+    """A bias-free convolution padded like TensorFlow's "same": symmetric at stride 1 (done by
+    the convolution itself), one more on the bottom and right where a stride-2 window needs it."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=0, groups=groups, bias=False)
+        padding = kernel // 2 if stride == 1 else 0
+        super().__init__(cin, cout, kernel, stride, padding=padding, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1):
+            return super().forward(x)
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size),
                               reversed(self.stride), strict=True):  # fmt: skip
@@ -110,6 +114,24 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self._fc(self.features(images))
+
+
+@torch.no_grad()
+def fold_batch_norms(net: EfficientNetLite0) -> EfficientNetLite0:
+    """For inference: each batch norm folded into the convolution before it (scale into the
+    weights, shift into a bias), leaving the same function with a third fewer passes over memory."""
+    pairs = [(net._conv_stem, net, "_bn0"), (net._conv_head, net, "_bn1")]
+    for block in net._blocks:
+        if hasattr(block, "_expand_conv"):
+            pairs.append((block._expand_conv, block, "_bn0"))
+        pairs += [(block._depthwise_conv, block, "_bn1"), (block._project_conv, block, "_bn2")]
+    for conv, owner, name in pairs:
+        bn = getattr(owner, name)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight.mul_(scale[:, None, None, None])
+        conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale)
+        setattr(owner, name, nn.Identity())
+    return net
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
