@@ -221,6 +221,8 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
         todo = [r for r, (i, has) in enumerate(zip(frame["item_id"], frame[f"has_{kind}"],
                                                    strict=True))
                 if not has and inputs[kind][i]]  # fmt: skip
+        if kind == "text":  # batches of like lengths: a batch pads to its longest text
+            todo.sort(key=lambda r: len(inputs["text"][frame["item_id"].iloc[r]]))
         if kind in missing or not todo:
             continue
         encoder = encoders[kind]()
