@@ -65,6 +65,7 @@ class RankerTrainConfig:
     hard_negatives: int = 1  # negatives per positive from the retrieval stage's top items
     hard_pool: int = 100  # how deep in the retrieval ranking hard negatives are drawn
     patience: int = 2  # epochs without a better validation HR@10 before stopping
+    refit: bool = True  # then train afresh on training + validation rows for the best epochs
     seed: int = 0
 
 
@@ -157,20 +158,17 @@ def hit_rate(ranker: Ranker, users: Inputs, items: Inputs, k: int = 10) -> tuple
 
 def fit_ranker(
     ranker: Ranker,
-    users: Inputs,
-    rows: torch.Tensor,
-    items: Inputs,
-    where: torch.Tensor,
-    labels: torch.Tensor,
-    validation: tuple[Inputs, Inputs],
+    data: Examples,
+    validation: tuple[Inputs, Inputs] | None,
     cfg: RankerTrainConfig,
 ) -> dict:
-    """Binary cross-entropy over (users[rows[i]], items[where[i]], labels[i]); keeps the epoch
-    with the best validation HR@10 and stops after `patience` epochs without progress."""
+    """Binary cross-entropy over `data`. With a `validation` set, keeps the epoch with the best
+    validation HR@10 and stops after `patience` epochs without progress; without one, runs every
+    epoch and keeps the last."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, history, n = {"hr": -1.0, "epoch": 0, "state": None}, [], len(labels)
+    best, history, n = {"hr": -1.0, "epoch": 0, "state": None}, [], len(data.labels)
     for epoch in range(cfg.epochs):
         ranker.train()
         order, began, total = torch.randperm(n, generator=generator), time.perf_counter(), 0.0
@@ -178,23 +176,20 @@ def fit_ranker(
             range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", leave=False, unit=" batches"
         ):
             b = order[start : start + cfg.batch_size]
-            logits = ranker(take(users, rows[b]), take(items, where[b]))
-            loss = F.binary_cross_entropy_with_logits(logits, labels[b])
+            logits = ranker(take(data.users, data.rows[b]), take(data.items, data.where[b]))
+            loss = F.binary_cross_entropy_with_logits(logits, data.labels[b])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(b)
-        hr, ndcg = hit_rate(ranker, *validation)
         rate = n / (time.perf_counter() - began)
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": total / n,
-                "hr@10": hr,
-                "ndcg@10": ndcg,
-                "examples_per_s": rate,
-            }
-        )
+        step = {"epoch": epoch + 1, "loss": total / n, "examples_per_s": rate}
+        if validation is None:
+            history.append(step)
+            print(f"epoch {epoch + 1}: loss {total / n:.4f}, {rate:,.0f} examples/s")
+            continue
+        hr, ndcg = hit_rate(ranker, *validation)
+        history.append({**step, "hr@10": hr, "ndcg@10": ndcg})
         print(
             f"epoch {epoch + 1}: loss {total / n:.4f}, val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}, "
             f"{rate:,.0f} examples/s"
@@ -203,6 +198,8 @@ def fit_ranker(
             best = {"hr": hr, "epoch": epoch + 1, "state": copy.deepcopy(ranker.state_dict())}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
+    if validation is None:
+        return {"epochs": cfg.epochs, "history": history}
     ranker.load_state_dict(best["state"])
     return {"best_epoch": best["epoch"], "val_hr@10": best["hr"], "history": history}
 
@@ -266,9 +263,46 @@ def catalogue_items(
     )
 
 
+@dataclass
+class Examples:
+    """Training examples: row i pairs users[rows[i]] with items[where[i]], labelled labels[i]."""
+
+    users: Inputs
+    rows: torch.Tensor
+    items: Inputs
+    where: torch.Tensor
+    labels: torch.Tensor
+
+
+def examples(
+    feast_store: FeatureStore, version: Path, vocab: Vocab, sp: Split, data: pd.DataFrame,
+    catalogue: pd.DataFrame, cfg: RankerTrainConfig, rng: np.random.Generator,
+) -> Examples:  # fmt: skip
+    """Each interaction in `data` with its uniform and hard negatives, both sides' features as
+    of the interaction (as of the test time where the split has no time order)."""
+    row_of = rows_of(catalogue["item_id"])
+    as_of = sp.test_time if timeless(sp) else None
+    _, users = training_users(feast_store, data, vocab, frozenset(), as_of)
+    seen = data.groupby("user_id")["item_id"].apply(list)
+    at = sp.validation_time if data["event_timestamp"].max() < sp.validation_time else sp.test_time
+    pools = hard_pools(feast_store, version, vocab, np.sort(data["user_id"].unique()), at,
+                       catalogue, seen, cfg.hard_pool)  # fmt: skip
+    cand = negatives(data["item_id"].map(row_of).to_numpy(), data["user_id"].to_numpy(), pools,
+                     len(catalogue), cfg, rng)  # fmt: skip
+    times = data["event_timestamp"] if as_of is None else pd.Series(as_of, index=data.index)
+    per_row = cand.shape[1]
+    table, where = item_table(feast_store, vocab, catalogue["item_id"].to_numpy()[cand.reshape(-1)],
+                              times.repeat(per_row).reset_index(drop=True))  # fmt: skip
+    labels = np.zeros(cand.shape, dtype=np.float32)
+    labels[:, 0] = 1.0
+    return Examples(users, torch.arange(len(cand)).repeat_interleave(per_row), table,
+                    torch.from_numpy(where), torch.from_numpy(labels.reshape(-1)))  # fmt: skip
+
+
 def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
-    """Train the ranker on the latest retrieval version's split; returns the published version
-    under `<root>/ranker/`."""
+    """Train the ranker on the latest retrieval version's split, early stopping on validation;
+    then (`cfg.refit`) afresh on training + validation rows for the best number of epochs, as the
+    towers do. Returns the published version under `<root>/ranker/`."""
     version = artifacts.latest(root)
     manifest = artifacts.manifest(version)
     split_cfg = SplitConfig(manifest["split"]["cutoff"], manifest["split"]["validation"])
@@ -276,58 +310,28 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
     sp = split(inter, manifest["dataset"], split_cfg, manifest["train"]["seed"])
     feast_store, vocab = store.open_store(prof), vocab_of(manifest)
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
-    row_of = rows_of(catalogue["item_id"])
     rng = np.random.default_rng(cfg.seed)
     began = time.perf_counter()
-    as_of = sp.test_time if timeless(sp) else None
-    _, users = training_users(feast_store, sp.train, vocab, frozenset(), as_of)
-    seen = sp.train.groupby("user_id")["item_id"].apply(list)
-    pools = hard_pools(
-        feast_store,
-        version,
-        vocab,
-        np.sort(sp.train["user_id"].unique()),
-        sp.validation_time,
-        catalogue,
-        seen,
-        cfg.hard_pool,
-    )
-    cand = negatives(
-        sp.train["item_id"].map(row_of).to_numpy(),
-        sp.train["user_id"].to_numpy(),
-        pools,
-        len(catalogue),
-        cfg,
-        rng,
-    )
-    times = sp.train["event_timestamp"] if as_of is None else pd.Series(as_of, index=sp.train.index)
-    per_row = cand.shape[1]
-    table, where = item_table(
-        feast_store,
-        vocab,
-        catalogue["item_id"].to_numpy()[cand.reshape(-1)],
-        times.repeat(per_row).reset_index(drop=True),
-    )
-    labels = np.zeros(cand.shape, dtype=np.float32)
-    labels[:, 0] = 1.0
+    config = RankerConfig(num_users(prof.offline_dir), vocab.num_items, len(vocab.genres))
+    data = examples(feast_store, version, vocab, sp, sp.train, catalogue, cfg, rng)
     torch.manual_seed(cfg.seed)
-    ranker = Ranker(RankerConfig(num_users(prof.offline_dir), vocab.num_items, len(vocab.genres)))
-    result = fit_ranker(
-        ranker,
-        users,
-        torch.arange(len(cand)).repeat_interleave(per_row),
-        table,
-        torch.from_numpy(where),
-        torch.from_numpy(labels.reshape(-1)),
-        validation_pairs(feast_store, sp, vocab, catalogue, rng),
-        cfg,
-    )
+    ranker = Ranker(config)
+    validation = validation_pairs(feast_store, sp, vocab, catalogue, rng)
+    result = fit_ranker(ranker, data, validation, cfg)
+    if cfg.refit:
+        print(f"refit: training + validation rows, {result['best_epoch']} epochs")
+        rows = pd.concat([sp.train, sp.validation])
+        data = examples(feast_store, version, vocab, sp, rows, catalogue, cfg, rng)
+        torch.manual_seed(cfg.seed)
+        ranker = Ranker(config)
+        again = dataclasses.replace(cfg, epochs=result["best_epoch"])
+        result["refit"] = fit_ranker(ranker, data, None, again)
     info = {
         "dataset": manifest["dataset"],
         "retrieval_version": manifest["version"],
         "feature_services": {"user": "user_tower", "item": SERVICE},
         "train": asdict(cfg),
-        "examples": int(cand.size),
+        "examples": len(data.labels),
         "seconds": time.perf_counter() - began,
         "metrics": result,
     }

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from retrieval import artifacts
 from retrieval.cli import run
 
 SMALL = ["--users", "300", "--items", "80", "--interactions", "12000", "--groups", "4"]
@@ -249,3 +250,10 @@ def test_a_redis_outage_degrades_to_popular_and_recovers(world, own_redis):
         assert get(base, "/readyz")[0] == 200
     finally:
         stop(process)
+
+
+def test_the_ranker_refits_on_training_and_validation_rows(world):
+    _, root, _ = world
+    metrics = artifacts.manifest(artifacts.latest(root / "ranker"))["metrics"]
+    assert 1 <= metrics["best_epoch"] <= 2 and metrics["val_hr@10"] > 0
+    assert metrics["refit"]["epochs"] == metrics["best_epoch"] == len(metrics["refit"]["history"])
