@@ -266,6 +266,12 @@ def _boolean(text: str) -> bool:
     return value[text.lower()]
 
 
+def _artifacts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--artifacts", default="artifacts", help="artifact root (default: artifacts/)"
+    )
+
+
 def _common(parser: argparse.ArgumentParser, online: bool = True) -> None:
     parser.add_argument(
         "--repo",
@@ -314,18 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_features)
     p = sub.add_parser("train", help="train both towers on point-in-time features; new version")
-    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _artifacts(p)
     _add_config_flags(p, TrainConfig, "training")
     _add_config_flags(p, SplitConfig, "split")
     _common(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("index", help="embed the catalogue with the latest item tower; FAISS index")
-    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _artifacts(p)
     _add_config_flags(p, IndexConfig, "index")
     _common(p)
     p.set_defaults(func=cmd_index)
     p = sub.add_parser("evaluate", help="full-ranking metrics on the test split, with baselines")
-    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _artifacts(p)
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument(
         "--plot",
@@ -340,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("train-ranker", help="train the NCF re-ranker on the towers' split")
-    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _artifacts(p)
     _add_config_flags(p, RankerTrainConfig, "ranker training")
     _common(p)
     p.set_defaults(func=cmd_train_ranker)
@@ -348,14 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user_id", type=int, help="the user's integer id")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--include-seen", action="store_true", help="keep items the user has seen")
-    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _artifacts(p)
     _common(p)
     p.set_defaults(func=cmd_recommend)
     p = sub.add_parser("explain", help="a PNG of one user's recent items and top k, as posters")
     p.add_argument("user_id", type=int, help="the user's integer id")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", default=None, help="the PNG (default: explain_USER_ID.png)")
-    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _artifacts(p)
     _common(p)
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("serve", help="the recommendation API (FastAPI under uvicorn)")
@@ -365,14 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=1, help="pipeline threads per process (more: a slow store)"
     )
-    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _artifacts(p)
     _common(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("quickstart", help="the whole path on one dataset, end to end")
     p.add_argument("--dataset", default="ml-100k")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--user", type=int, default=1)
-    p.add_argument("--artifacts", default="artifacts", help="artifact root (default: artifacts/)")
+    _artifacts(p)
     _common(p, online=False)
     p.set_defaults(func=cmd_quickstart)
     return parser

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from retrieval.errors import TTRError
+from towers.inputs import present
 
 TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 IMAGE_ENCODER = "EfficientNet-Lite0 ImageNet, pooled features"
@@ -104,15 +105,11 @@ def vectors_table(current: pd.DataFrame, previous: pa.Table | None, stamp: pa.Ar
         if old is not None:
             carried = frame.merge(old[["item_id", f"{kind}_key", f"{kind}_vector"]],
                                   on=["item_id", f"{kind}_key"], how="left")  # fmt: skip
-            vectors = [v if _present(v) else None for v in carried[f"{kind}_vector"]]
+            vectors = [v if present(v) else None for v in carried[f"{kind}_vector"]]
         columns[f"{kind}_vector"] = pa.array(vectors, VECTOR)
         columns[f"has_{kind}"] = pa.array([v is not None for v in vectors], pa.bool_())
         columns[f"{kind}_key"] = pa.array(frame[f"{kind}_key"], pa.string())
     return pa.table(columns)
-
-
-def _present(v: object) -> bool:
-    return v is not None and not (isinstance(v, float) and np.isnan(v))
 
 
 def missing_packages() -> dict[str, str]:
@@ -232,7 +229,7 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
             for r, v in zip(rows, out, strict=True):
                 vectors[r] = v
         frame[f"{kind}_vector"] = vectors
-        frame[f"has_{kind}"] = [_present(v) for v in vectors]
+        frame[f"has_{kind}"] = [present(v) for v in vectors]
         counts[kind] = len(todo)
     if any(counts.values()):
         new = pa.table({name: pa.array(frame[name], table.schema.field(name).type)

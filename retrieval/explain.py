@@ -60,11 +60,10 @@ def explain(pipeline: Pipeline, offline_dir: Path, user_id: int, path: Path, k: 
     """Write the user's grid to `path`; returns what it shows."""
     meta = read_meta(offline_dir)
     source = Path(meta["source"]) if meta.get("source") else None
-    titles = dict(zip(pipeline.item_ids.tolist(), pipeline.titles, strict=True))
     seen = history(pipeline, user_id, k)
     rec = pipeline.recommend(user_id, k)
     shown = [
-        (f"recently seen by user {user_id}", [(poster_path(source, i), titles.get(i, str(i)))
+        (f"recently seen by user {user_id}", [(poster_path(source, i), _title(pipeline, i))
                                                for i in seen]),
         (f"top {k} recommended ({rec.source})",
          [(poster_path(source, it["item_id"]), f"{n}. {it['title']}")
@@ -73,3 +72,8 @@ def explain(pipeline: Pipeline, offline_dir: Path, user_id: int, path: Path, k: 
     draw(shown, f"{meta['dataset']}: user {user_id}, model {pipeline.model_version}", path)
     return {"history": seen, "recommended": [it["item_id"] for it in rec.items],
             "source": rec.source, "path": str(path)}  # fmt: skip
+
+
+def _title(pipeline: Pipeline, item_id: int) -> str:
+    row = pipeline.row(item_id)
+    return pipeline.titles[row] if row >= 0 else str(item_id)

@@ -26,7 +26,7 @@ import torch
 
 from retrieval import artifacts, index, ranking, store
 from retrieval.errors import TTRError
-from retrieval.training import catalogue_frame, rows_of, vocab_of
+from retrieval.training import catalogue_frame, vocab_of
 from towers import nn as tnn
 from towers.features import online_rows
 from towers.inputs import user_inputs
@@ -74,7 +74,6 @@ class Pipeline:
         self.titles = catalogue["title"].fillna("").astype(str).tolist()
         self.items = ranking.ranker_inputs(catalogue, self.vocab)
         self.popular = np.argsort(-self.items["popularity"][:, 0].numpy(), kind="stable")
-        self.row_of = rows_of(self.item_ids)
         self.row_index = np.full(int(self.item_ids.max()) + 1, -1, dtype=np.int64)  # id -> row
         self.row_index[self.item_ids] = np.arange(len(self.item_ids))
         self.down_until = 0.0  # while the online store is deemed down: no request waits on it
@@ -131,7 +130,7 @@ class Pipeline:
     def similar(self, item_id: int, k: int = 10) -> list[dict]:
         """The k items nearest to `item_id` in the embedding space (its `item_embedding`
         feature, read online), the item itself left out; an error for an unknown item."""
-        if item_id not in self.row_of:
+        if self.row(item_id) < 0:
             raise KeyError(item_id)
         vector = online_rows(self.store, ["item_embedding:embedding"], "item_id", [item_id])[0]
         if vector.get("embedding") is None:
@@ -140,7 +139,11 @@ class Pipeline:
         scores, ids = index.search(self.index, self.index_params, query, k + 1)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
                  if i >= 0 and int(i) != item_id][:k]  # fmt: skip
-        return [self._item(self.row_of[i], s, s) for i, s in pairs]
+        return [self._item(self.row(i), s, s) for i, s in pairs]
+
+    def row(self, item_id: int) -> int:
+        """The item's catalogue row; -1 for an id the catalogue lacks."""
+        return int(self.row_index[item_id]) if 0 <= item_id < len(self.row_index) else -1
 
     def ready(self) -> bool:
         """Whether the online store answers."""

@@ -53,7 +53,7 @@ def bucketed(values: pd.Series | Sequence, edges: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(ids.astype(np.int64))
 
 
-def _present(values: object) -> bool:
+def present(values: object) -> bool:
     """A list cell holds a value: not None, and not the NaN pandas puts in an empty cell."""
     return values is not None and not (isinstance(values, float) and np.isnan(values))
 
@@ -61,11 +61,11 @@ def _present(values: object) -> bool:
 def padded(lists: pd.Series, width: int | None = None, limit: int | None = None) -> torch.Tensor:
     """(B, w) int64 from lists of ints, 0-padded, w the longest list capped at `width` (padding
     costs an EmbeddingBag as much as a token); None is an empty list; ids >= limit -> 0."""
-    longest = max((len(v) for v in lists if _present(v)), default=0)
+    longest = max((len(v) for v in lists if present(v)), default=0)
     width = max(1, longest if width is None else min(width, longest))
     out = np.zeros((len(lists), width), dtype=np.int64)
     for row, values in enumerate(lists):
-        if _present(values):
+        if present(values):
             values = np.asarray(values, dtype=np.int64)[:width]
             out[row, : len(values)] = values
     if limit is not None:
@@ -77,7 +77,7 @@ def dense(lists: pd.Series, width: int) -> torch.Tensor:
     """(B, width) float32 from lists of floats; None is a row of zeros."""
     out = np.zeros((len(lists), width), dtype=np.float32)
     for row, values in enumerate(lists):
-        if _present(values):
+        if present(values):
             out[row] = values
     return torch.from_numpy(out)
 
@@ -127,7 +127,7 @@ def item_inputs(frame: pd.DataFrame, vocab: Vocab) -> dict[str, torch.Tensor]:
     index = {g: i for i, g in enumerate(vocab.genres)}
     genres = np.zeros((len(frame), len(vocab.genres)), dtype=np.float32)
     for row, names in enumerate(frame["genres"]):
-        for name in names if _present(names) else []:
+        for name in names if present(names) else []:
             if name in index:
                 genres[row, index[name]] = 1.0
     text = frame["title"].fillna("").astype(str) + " " + frame["plot"].fillna("").astype(str)
