@@ -26,6 +26,7 @@ from retrieval.training import (
     embed_users,
     fit,
     load_towers,
+    modalities_of,
     rows_of,
     split,
     user_features,
@@ -46,10 +47,6 @@ ABLATION = {  # the image variant runs where posters have vectors (`ttr content`
     "id+categorical": ("id", "categorical"),
     "id+categorical+text": ("id", "categorical", "text"),
     "id+categorical+text+image": ("id", "categorical", "text", "image"),
-}
-COLD_START = {  # the item tower's inputs per cold-start variant (None: every input it has)
-    "two_tower": None,
-    "id+categorical": ("id", "categorical"),
 }
 SIMILAR_K = 10
 
@@ -214,7 +211,9 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
             for name, modalities in ABLATION.items()
             if "image" not in modalities or vocab.image_dim
         }  # fmt: skip
-        result["cold_start"] = cold_start(prof, train_cfg, split_cfg, cfg, catalogue, proto)
+        result["cold_start"] = cold_start(
+            prof, train_cfg, split_cfg, cfg, catalogue, proto, cold_start_variants(vocab)
+        )
     return result
 
 
@@ -260,13 +259,20 @@ def ablated(
     return top_k(users @ items.T, proto.exclude, K_MAX)
 
 
+def cold_start_variants(vocab: Vocab) -> dict[str, tuple[str, ...] | None]:
+    """The item tower's inputs per cold-start variant (None: every input it has): the published
+    tower, content alone (no id input at all), and id+categorical."""
+    content = tuple(m for m in modalities_of(vocab) if m != "id")
+    return {"two_tower": None, "+".join(content): content, "id+categorical": ("id", "categorical")}
+
+
 def cold_start(
     prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig, eval_cfg: EvalConfig,
-    catalogue: pd.DataFrame, proto: Protocol,
+    catalogue: pd.DataFrame, proto: Protocol, variants: dict[str, tuple[str, ...] | None],
 ) -> dict:  # fmt: skip
     """A share of the catalogue held out of training entirely, then ranked among themselves for
-    each test user who interacts with them: the two-tower from content alone (the held-out ids
-    are unknown to it) against popularity within genre."""
+    each test user who interacts with them: each of the tower `variants` from content alone (the
+    held-out ids are unknown to it) against popularity within genre."""
     rng = np.random.default_rng(cfg.seed)
     ids = catalogue["item_id"].to_numpy()
     size = max(1, int(len(ids) * eval_cfg.cold_items))
@@ -280,7 +286,7 @@ def cold_start(
     wanted, exclude = ([s for s, k in zip(sets, keep, strict=True) if k]
                        for sets in (relevant, exclude))  # fmt: skip
     scores = {}
-    for name, modalities in COLD_START.items():
+    for name, modalities in variants.items():
         f = fit(prof, cfg, split_cfg, modalities, hidden=frozenset(hidden.tolist()))
         users = embed_users(
             store.open_store(prof), f.user_tower, f.vocab, proto.users[keep], f.split.test_time,

@@ -103,6 +103,16 @@ def test_id_dropout_only_in_training():
     assert not torch.allclose(tower(x)[0], tower(x)[1])
 
 
+def test_half_dropout_zeroes_half_and_keeps_the_mean_only_in_training():
+    torch.manual_seed(0)
+    drop, x = tnn.HalfDropout(), torch.ones(256, 300)
+    out = drop(x)
+    assert abs(float((out == 0).float().mean()) - 0.5) < 0.01
+    assert abs(float(out.mean()) - 1.0) < 0.02 and set(out.unique().tolist()) == {0.0, 2.0}
+    assert not torch.equal(out[0], out[1])  # a mask per row
+    assert torch.equal(drop.eval()(x), x)
+
+
 def test_a_forgotten_id_embeds_like_an_unknown_one():
     """Ids never trained on hold their random initialisation until forgotten; then the towers
     embed them from features and content alone."""

@@ -143,7 +143,8 @@ def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
     cold = result["cold_start"]  # 8 of 80 items never trained on: genre and group from content
     assert cold["items"] == 8 and cold["users"] > 20
     assert cold["two_tower"]["ndcg@10"] > cold["popularity"]["ndcg@10"]
-    assert "id+categorical" in cold  # the content-free variant beside it
+    assert cold["categorical+text"]["ndcg@10"] > cold["popularity"]["ndcg@10"]  # no id input
+    assert "id+categorical" in cold  # the variant without content beside them
     similar = result["similar"]  # the planted group is each item's genre
     assert similar["two_tower"]["genre_share@10"] > similar["popularity"]["genre_share@10"]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

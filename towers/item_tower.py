@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from towers.inputs import TEXT_BUCKETS, YEAR_EDGES
-from towers.nn import forget, mlp, unit
+from towers.nn import HalfDropout, forget, mlp, unit
 
 MODALITIES = ("id", "categorical", "text", "image")
 
@@ -84,5 +84,8 @@ class ItemTower(nn.Module):
 
 def _frozen_input(width: int, dim: int) -> nn.Module:
     """A pretrained encoder's vector into the shared space: normalised (encoders differ in scale),
-    then a small MLP."""
-    return nn.Sequential(nn.LayerNorm(width), mlp([width, dim, dim]))
+    half of it dropped out in training, and projected linearly. A wider projection (an MLP, or no
+    dropout) learned to tell the training items apart by their vectors and ranked unseen items
+    worse (ml-100k cold start: content-only Recall@20 0.27 through an MLP, 0.33 linear, 0.37
+    linear with dropout)."""
+    return nn.Sequential(nn.LayerNorm(width), HalfDropout(), nn.Linear(width, dim))

@@ -22,6 +22,20 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class HalfDropout(nn.Module):
+    """Dropout with p = 1/2, its mask drawn as random bits, eight elements per random byte:
+    `nn.Dropout` draws a float per element, 17 ms per step on a 1,024 x 1,664 batch of content
+    vectors here against 3.7 ms this way."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        rows, width = x.shape
+        bits = torch.randint(0, 256, (rows, (width + 7) // 8), dtype=torch.uint8)
+        mask = (bits[:, :, None] >> torch.arange(8, dtype=torch.uint8)) & 1
+        return x * mask.reshape(rows, -1)[:, :width] * 2
+
+
 @torch.no_grad()
 def forget(table: nn.Embedding | nn.EmbeddingBag, ids: torch.Tensor) -> None:
     """Zero the rows of `ids`: what the table holds for ids it never trained on is its random
