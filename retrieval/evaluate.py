@@ -190,7 +190,8 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
         tops["two_tower_ann"] = ann_top(version, users, catalogue["item_id"].to_numpy(), proto)
     ranker = latest_ranker(root, manifest["version"])
     if ranker is not None:
-        ranked = RankerView(ranker, feast_store, vocab, catalogue, proto.users, sp.test_time)
+        ranked = RankerView(ranker, feast_store, vocab, catalogue, proto.users, sp.test_time,
+                            scores["two_tower"])  # fmt: skip
         tops["two_stage"] = two_stage(scores["two_tower"], proto, ranked, cfg.candidates)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
     temporal = sp.kind == "temporal"
@@ -350,18 +351,21 @@ def latest_ranker(root: Path, model_version: str) -> Ranker | None:
 
 class RankerView:
     """The ranker's scores of test users (rows of `users`) against catalogue rows, both sides'
-    features as of the test time."""
+    features as of the test time, beside their `retrieval` scores (users x catalogue)."""
 
     def __init__(self, ranker: Ranker, feast_store: FeatureStore, vocab: Vocab,
-                 catalogue: pd.DataFrame, users: np.ndarray, at: pd.Timestamp) -> None:  # fmt: skip
+                 catalogue: pd.DataFrame, users: np.ndarray, at: pd.Timestamp,
+                 retrieval: np.ndarray) -> None:  # fmt: skip
         self.ranker = ranker
         self.users = user_features(feast_store, vocab, users, at)
         self.items = catalogue_items(feast_store, vocab, catalogue, at)
+        self.retrieval = retrieval
 
     @torch.no_grad()
     def scores(self, row: int, items: np.ndarray) -> np.ndarray:
         one = take(self.users, torch.tensor([row]))
-        return self.ranker.score(one, take(self.items, torch.from_numpy(items))).numpy()
+        item = take(self.items, torch.from_numpy(items))
+        return self.ranker.score(one, item, torch.from_numpy(self.retrieval[row, items])).numpy()
 
 
 def two_stage(

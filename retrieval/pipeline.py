@@ -116,7 +116,8 @@ class Pipeline:
         if self.ranker is None:
             return retrieval
         with torch.no_grad():
-            return self.ranker.score(x, take(self.items, rows)).numpy()
+            item = take(self.items, rows)
+            return self.ranker.score(x, item, torch.from_numpy(retrieval)).numpy()
 
     def popular_items(
         self, user_id: int, k: int, seen: set[int], seconds: dict[str, float] | None = None

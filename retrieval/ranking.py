@@ -2,10 +2,16 @@
 uniform and hard negatives, published under `<artifacts>/ranker/` with its own `latest`.
 
 The ranker's user side is the `user_tower` feature service (the same user features the towers
-read); its item side is the `ranker` service (content and popularity). Positives are the training
-interactions with both sides point in time; each gets `negatives` uniform items and
-`hard_negatives` items from the retrieval stage's top `hard_pool` for that user (items the towers
-rank high that the user did not pick), paired with the positive's user features and time.
+read); its item side is the `ranker` service (content and popularity); beside them, the pair's
+retrieval score. Positives are the training interactions with both sides point in time; each gets
+`negatives` uniform items and `hard_negatives` items from the retrieval stage's top `hard_pool`
+for that user (items the towers rank high that the user did not pick), paired with the positive's
+user features and time.
+
+The ranker starts as the retrieval order (its output layer: the retrieval score, Platt-scaled to
+the labels) and learns what to add; early stopping compares each epoch with that start. Training
+and validation use the towers trained before their refit, which never saw the validation rows;
+the refit ranker, the published towers.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from retrieval.training import (
     SplitConfig,
     catalogue_frame,
     embed_items,
-    embed_users,
     load_towers,
     num_users,
     rows_of,
@@ -39,19 +44,22 @@ from retrieval.training import (
     timeless,
     training_users,
     user_features,
+    validation_towers,
     vocab_of,
 )
 from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Vocab, item_inputs
 from towers.ranker import Ranker, RankerConfig, popularity_inputs
-from towers.train import Inputs, take
+from towers.train import Inputs, embed, take
+from towers.user_tower import UserTower
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
 SERVICE = "ranker"
 CHUNK = 512  # users scored against the whole catalogue at once
+VALIDATION_ROWS = 20_000  # validation interactions early stopping ranks, at most
 DAY = pd.Timedelta(days=1)
 
 
@@ -63,7 +71,9 @@ class RankerTrainConfig:
     weight_decay: float = 1e-6
     negatives: int = 4  # uniform negatives per positive
     hard_negatives: int = 1  # negatives per positive from the retrieval stage's top items
-    hard_pool: int = 100  # how deep in the retrieval ranking hard negatives are drawn
+    hard_pool: int = 500  # how deep in the retrieval ranking hard negatives are drawn (from the
+    # top 100, ml-100k's validation HR@10 fell with each epoch: the towers' top items for a user
+    # are often ones the user picks later; from the top 500 it rose 0.451 -> 0.496 in one epoch)
     patience: int = 2  # epochs without a better validation HR@10 before stopping
     refit: bool = True  # then train afresh on training + validation rows for the best epochs
     seed: int = 0
@@ -100,20 +110,12 @@ def item_table(
 
 
 def hard_pools(
-    feast_store: FeatureStore,
-    version: Path,
-    vocab: Vocab,
-    users: np.ndarray,
-    at: pd.Timestamp,
-    catalogue: pd.DataFrame,
-    seen: pd.Series,
-    depth: int,
-) -> dict[int, np.ndarray]:
-    """Each user's top `depth` catalogue rows by the retrieval towers, the user's own items out;
-    scored `CHUNK` users at a time."""
-    user_tower, item_tower = load_towers(version)
-    user_x = embed_users(feast_store, user_tower, vocab, users, at)
-    items = embed_items(item_tower, vocab, catalogue)
+    user_x: np.ndarray, items: np.ndarray, users: np.ndarray, catalogue: pd.DataFrame,
+    seen: pd.Series, depth: int,
+) -> dict[int, np.ndarray]:  # fmt: skip
+    """Each user's top `depth` catalogue rows by the retrieval towers (`user_x` the embeddings of
+    `users`, `items` of the catalogue), the user's own items out; scored `CHUNK` users at a
+    time."""
     row_of = rows_of(catalogue["item_id"])
     depth = min(depth, len(items))
     pools = {}
@@ -127,6 +129,16 @@ def hard_pools(
             pool = top[row][np.isfinite(scores[row, top[row]])]
             pools[int(user)] = pool if len(pool) else np.arange(len(catalogue))
     return pools
+
+
+def pair_scores(user_x: torch.Tensor, items: np.ndarray, cand: np.ndarray) -> torch.Tensor:
+    """(U, C) retrieval scores: row u of `user_x` against the catalogue rows `cand[u]`, whose
+    embeddings are `items`; `CHUNK` * 64 users at a time (memory stays flat)."""
+    table, rows, step = torch.from_numpy(items), torch.from_numpy(cand), CHUNK * 64
+    return torch.cat([
+        torch.einsum("ud,ucd->uc", user_x[s : s + step], table[rows[s : s + step]])
+        for s in range(0, len(cand), step)
+    ])  # fmt: skip
 
 
 def negatives(
@@ -143,32 +155,74 @@ def negatives(
     return np.concatenate([positives[:, None], uniform, hard], axis=1)
 
 
-def hit_rate(ranker: Ranker, users: Inputs, items: Inputs, k: int = 10) -> tuple[float, float]:
-    """HR@k and NDCG@k where row u of `users` meets the items u * C .. u * C + C - 1 of `items`,
-    the first of them its held-out positive (the NCF protocol: C = 1 + 99 sampled negatives)."""
-    n = len(users["user_id"])
+@dataclass
+class Validation:
+    """Held-out positives, each against sampled items (the NCF protocol): row u of `users` meets
+    the items u * C .. u * C + C - 1 of `items`, the first of them its positive, with retrieval
+    scores `retrieval[u]`; `weights[u]` the row's share of its user (users count equally)."""
+
+    users: Inputs
+    items: Inputs
+    retrieval: torch.Tensor
+    weights: torch.Tensor
+
+
+def hit_rate(ranker: Ranker, v: Validation, k: int = 10) -> tuple[float, float]:
+    """HR@k and NDCG@k over `v`, each user weighing the same."""
+    n = len(v.users["user_id"])
     ranker.eval()
     with torch.no_grad():
-        rows = torch.arange(n).repeat_interleave(len(items["item_id"]) // n)
-        scores = ranker(take(users, rows), items).view(n, -1)
+        rows = torch.arange(n).repeat_interleave(len(v.items["item_id"]) // n)
+        scores = ranker(take(v.users, rows), v.items, v.retrieval.reshape(-1)).view(n, -1)
     rank = (scores[:, 1:] > scores[:, :1]).sum(dim=1)  # items scored above the positive
-    hit = rank < k
-    return float(hit.float().mean()), float((hit / torch.log2(rank + 2.0)).mean())
+    hit = (rank < k).float()
+    mean = float(v.weights.sum())
+    return float((hit * v.weights).sum()) / mean, float(
+        (hit / torch.log2(rank + 2.0) * v.weights).sum()
+    ) / mean
+
+
+def calibrate(ranker: Ranker, data: Examples, steps: int = 50) -> None:
+    """Fit the output layer's retrieval weight and bias to the labels with everything else at
+    zero (Platt scaling of the retrieval score), so training starts from a calibrated retrieval
+    order instead of undoing an overconfident one."""
+    scale = torch.tensor([ranker.config.retrieval_scale], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([scale, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = F.binary_cross_entropy_with_logits(scale * data.retrieval + bias, data.labels)
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    print(f"calibrated the retrieval score: logit = {scale.item():.2f} * score + {bias.item():.2f}")
+    with torch.no_grad():
+        ranker.out.weight[0, -1] = scale.item()
+        ranker.out.bias.fill_(bias.item())
 
 
 def fit_ranker(
     ranker: Ranker,
     data: Examples,
-    validation: tuple[Inputs, Inputs] | None,
+    validation: Validation | None,
     cfg: RankerTrainConfig,
 ) -> dict:
     """Binary cross-entropy over `data`. With a `validation` set, keeps the epoch with the best
-    validation HR@10 and stops after `patience` epochs without progress; without one, runs every
-    epoch and keeps the last."""
+    validation HR@10, epoch 0 (the untrained ranker: the retrieval order) included, and stops
+    after `patience` epochs without progress; without one, runs every epoch and keeps the
+    last."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, history, n = {"hr": -1.0, "epoch": 0, "state": None}, [], len(data.labels)
+    history, n = [], len(data.labels)
+    calibrate(ranker, data)
+    if validation is not None:
+        hr, ndcg = hit_rate(ranker, validation)
+        history.append({"epoch": 0, "hr@10": hr, "ndcg@10": ndcg})
+        print(f"epoch 0 (the retrieval order): val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}")
+    best = {"hr": hr, "epoch": 0, "state": copy.deepcopy(ranker.state_dict())} if history else {}
     for epoch in range(cfg.epochs):
         ranker.train()
         order, began, total = torch.randperm(n, generator=generator), time.perf_counter(), 0.0
@@ -176,7 +230,8 @@ def fit_ranker(
             range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", leave=False, unit=" batches"
         ):
             b = order[start : start + cfg.batch_size]
-            logits = ranker(take(data.users, data.rows[b]), take(data.items, data.where[b]))
+            user, item = take(data.users, data.rows[b]), take(data.items, data.where[b])
+            logits = ranker(user, item, data.retrieval[b])
             loss = F.binary_cross_entropy_with_logits(logits, data.labels[b])
             optimizer.zero_grad()
             loss.backward()
@@ -188,7 +243,7 @@ def fit_ranker(
             history.append(step)
             print(f"epoch {epoch + 1}: loss {total / n:.4f}, {rate:,.0f} examples/s")
             continue
-        hr, ndcg = hit_rate(ranker, *validation)
+        hr, ndcg = hit_rate(ranker, validation)
         history.append({**step, "hr@10": hr, "ndcg@10": ndcg})
         print(
             f"epoch {epoch + 1}: loss {total / n:.4f}, val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}, "
@@ -231,27 +286,34 @@ def ncf_candidates(
 
 def validation_pairs(
     feast_store: FeatureStore,
+    towers: Towers,
     sp: Split,
     vocab: Vocab,
     catalogue: pd.DataFrame,
     rng: np.random.Generator,
-) -> tuple[Inputs, Inputs]:
-    """Each validation user's first validation item against 99 sampled items, both sides as of
-    the validation time."""
+) -> Validation:
+    """Each validation interaction (a sample of `VALIDATION_ROWS` where there are more) against 99
+    sampled items, both sides as of the validation time, with their retrieval scores. Every
+    interaction, not one per user: ml-100k has 81 validation users, too few to tell epochs
+    apart."""
     row_of = rows_of(catalogue["item_id"])
-    first = sp.validation.sort_values("event_timestamp", kind="stable").drop_duplicates("user_id")
+    rows = sp.validation.iloc[np.sort(rng.permutation(len(sp.validation))[:VALIDATION_ROWS])]
     seen = (
         pd.concat([sp.train, sp.validation])
         .groupby("user_id")["item_id"]
         .apply(lambda s: {row_of[i] for i in s})
     )
-    users = first["user_id"].to_numpy()
+    users, inverse = np.unique(rows["user_id"].to_numpy(), return_inverse=True)
     cand = ncf_candidates(
-        first["item_id"].map(row_of).to_numpy(), [seen[u] for u in users], len(catalogue), rng
-    )
+        rows["item_id"].map(row_of).to_numpy(), [seen[users[u]] for u in inverse],
+        len(catalogue), rng,
+    )  # fmt: skip
     items = catalogue_items(feast_store, vocab, catalogue, sp.validation_time)
-    user_x = user_features(feast_store, vocab, users, sp.validation_time)
-    return user_x, take(items, torch.from_numpy(cand.reshape(-1)))
+    features = user_features(feast_store, vocab, users, sp.validation_time)
+    user_x = take(features, torch.from_numpy(inverse))
+    retrieval = pair_scores(embed(towers.user, user_x), towers.items, cand)
+    weights = torch.from_numpy(1.0 / np.bincount(inverse)[inverse]).float()
+    return Validation(user_x, take(items, torch.from_numpy(cand.reshape(-1))), retrieval, weights)
 
 
 def catalogue_items(
@@ -264,18 +326,33 @@ def catalogue_items(
 
 
 @dataclass
+class Towers:
+    """The retrieval version's user tower and its item embeddings of the catalogue."""
+
+    user: UserTower
+    items: np.ndarray
+
+    @classmethod
+    def load(cls, version: Path, vocab: Vocab, catalogue: pd.DataFrame) -> Towers:
+        user_tower, item_tower = load_towers(version)
+        return cls(user_tower, embed_items(item_tower, vocab, catalogue))
+
+
+@dataclass
 class Examples:
-    """Training examples: row i pairs users[rows[i]] with items[where[i]], labelled labels[i]."""
+    """Training examples: row i pairs users[rows[i]] with items[where[i]], labelled labels[i],
+    the pair's retrieval score retrieval[i]."""
 
     users: Inputs
     rows: torch.Tensor
     items: Inputs
     where: torch.Tensor
     labels: torch.Tensor
+    retrieval: torch.Tensor
 
 
 def examples(
-    feast_store: FeatureStore, version: Path, vocab: Vocab, sp: Split, data: pd.DataFrame,
+    feast_store: FeatureStore, towers: Towers, vocab: Vocab, sp: Split, data: pd.DataFrame,
     catalogue: pd.DataFrame, cfg: RankerTrainConfig, rng: np.random.Generator,
 ) -> Examples:  # fmt: skip
     """Each interaction in `data` with its uniform and hard negatives, both sides' features as
@@ -285,8 +362,9 @@ def examples(
     _, users = training_users(feast_store, data, vocab, frozenset(), as_of)
     seen = data.groupby("user_id")["item_id"].apply(list)
     at = sp.validation_time if data["event_timestamp"].max() < sp.validation_time else sp.test_time
-    pools = hard_pools(feast_store, version, vocab, np.sort(data["user_id"].unique()), at,
-                       catalogue, seen, cfg.hard_pool)  # fmt: skip
+    pool_users = np.sort(data["user_id"].unique())
+    pool_x = embed(towers.user, user_features(feast_store, vocab, pool_users, at)).numpy()
+    pools = hard_pools(pool_x, towers.items, pool_users, catalogue, seen, cfg.hard_pool)
     cand = negatives(data["item_id"].map(row_of).to_numpy(), data["user_id"].to_numpy(), pools,
                      len(catalogue), cfg, rng)  # fmt: skip
     times = data["event_timestamp"] if as_of is None else pd.Series(as_of, index=data.index)
@@ -295,8 +373,10 @@ def examples(
                               times.repeat(per_row).reset_index(drop=True))  # fmt: skip
     labels = np.zeros(cand.shape, dtype=np.float32)
     labels[:, 0] = 1.0
+    retrieval = pair_scores(embed(towers.user, users), towers.items, cand)
     return Examples(users, torch.arange(len(cand)).repeat_interleave(per_row), table,
-                    torch.from_numpy(where), torch.from_numpy(labels.reshape(-1)))  # fmt: skip
+                    torch.from_numpy(where), torch.from_numpy(labels.reshape(-1)),
+                    retrieval.reshape(-1))  # fmt: skip
 
 
 def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
@@ -312,16 +392,19 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
     rng = np.random.default_rng(cfg.seed)
     began = time.perf_counter()
-    config = RankerConfig(num_users(prof.offline_dir), vocab.num_items, len(vocab.genres))
-    data = examples(feast_store, version, vocab, sp, sp.train, catalogue, cfg, rng)
+    config = RankerConfig(num_users(prof.offline_dir), vocab.num_items, len(vocab.genres),
+                          retrieval_scale=1 / manifest["train"]["temperature"])  # fmt: skip
+    towers = Towers.load(validation_towers(version), vocab, catalogue)
+    data = examples(feast_store, towers, vocab, sp, sp.train, catalogue, cfg, rng)
     torch.manual_seed(cfg.seed)
     ranker = Ranker(config)
-    validation = validation_pairs(feast_store, sp, vocab, catalogue, rng)
+    validation = validation_pairs(feast_store, towers, sp, vocab, catalogue, rng)
     result = fit_ranker(ranker, data, validation, cfg)
     if cfg.refit:
         print(f"refit: training + validation rows, {result['best_epoch']} epochs")
         rows = pd.concat([sp.train, sp.validation])
-        data = examples(feast_store, version, vocab, sp, rows, catalogue, cfg, rng)
+        towers = Towers.load(version, vocab, catalogue)
+        data = examples(feast_store, towers, vocab, sp, rows, catalogue, cfg, rng)
         torch.manual_seed(cfg.seed)
         ranker = Ranker(config)
         again = dataclasses.replace(cfg, epochs=result["best_epoch"])

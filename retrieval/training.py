@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 SERVICES = {"user": "user_tower", "item": "item_tower"}
+BEFORE_REFIT = "before_refit"  # the early-stopped towers of a version that refit after them
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,12 @@ def load_towers(version: Path) -> tuple[UserTower, ItemTower]:
     return tnn.load(UserTower, version, "user_tower"), tnn.load(ItemTower, version, "item_tower")
 
 
+def validation_towers(version: Path) -> Path:
+    """Where the version's towers trained on training rows alone are (they never saw the
+    validation rows: the ranker validates against them): `BEFORE_REFIT`, else the version."""
+    return version / BEFORE_REFIT if (version / BEFORE_REFIT).is_dir() else version
+
+
 def timeless(sp: Split) -> bool:
     """The training rows carry no order in time (ml-1m's fixed split: one stamp for all)."""
     return sp.train["event_timestamp"].nunique() == 1
@@ -198,6 +205,7 @@ class Fitted:
     meta: dict  # the offline store's dataset.json
     seconds: float
     hidden: frozenset[int]  # items held out of training entirely
+    before_refit: tuple[UserTower, ItemTower] | None  # the early-stopped towers, if refit after
 
 
 def modalities_of(vocab: Vocab) -> tuple[str, ...]:
@@ -235,13 +243,14 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
     began = time.perf_counter()
     validation = validation_set(feast_store, sp, vocab, row_of, hidden)
     user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities)
+    before_refit = (user_tower, item_tower) if cfg.refit else None
     if cfg.refit:
         again = dataclasses.replace(cfg, epochs=result["best_epoch"])
         print(f"refit: training + validation rows, {again.epochs} epochs")
         rows = pd.concat([sp.train, sp.validation])
         user_tower, item_tower, result["refit"] = _towers(world, rows, None, again, modalities)
     seconds = time.perf_counter() - began
-    return Fitted(user_tower, item_tower, result, vocab, sp, meta, seconds, hidden)
+    return Fitted(user_tower, item_tower, result, vocab, sp, meta, seconds, hidden, before_refit)
 
 
 def _towers(
@@ -289,6 +298,9 @@ def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfi
     with artifacts.staging(root) as staged:
         tnn.save(f.user_tower, staged, "user_tower")
         tnn.save(f.item_tower, staged, "item_tower")
+        if f.before_refit is not None:
+            tnn.save(f.before_refit[0], staged / BEFORE_REFIT, "user_tower")
+            tnn.save(f.before_refit[1], staged / BEFORE_REFIT, "item_tower")
         return artifacts.publish(
             root, staged, {"stage": "train", "feature_services": SERVICES, **info}
         )

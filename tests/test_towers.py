@@ -9,6 +9,8 @@ import torch
 from towers import nn as tnn
 from towers.inputs import Vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
+from towers.ranker import Ranker, RankerConfig, popularity_inputs
+from towers.train import take
 from towers.user_tower import UserTower, UserTowerConfig
 
 VOCAB = Vocab(genres=("Action", "Comedy", "Drama"), num_items=10, num_users=3)
@@ -146,3 +148,18 @@ def test_checkpoint_round_trip_gives_equal_outputs(cls, tmp_path):
     assert torch.equal(loaded(x), model(x))
     with pytest.raises(ValueError, match="not a"):
         tnn.load(ItemTower if cls == "user" else UserTower, tmp_path, cls)
+
+
+def test_an_untrained_ranker_ranks_as_the_retrieval_stage():
+    torch.manual_seed(0)
+    ranker = Ranker(RankerConfig(num_users=4, num_items=10, num_genres=3)).eval()
+    frame = ITEMS.assign(
+        item_count=[5, None, 2], item_count_30d=[1, None, 0], item_mean_rating=[4.0, None, 3.0]
+    )
+    x = item_inputs(frame, VOCAB)
+    items = {k: x[k] for k in ("item_id", "genres", "year")}
+    items["popularity"] = popularity_inputs(frame)
+    users, retrieval = user_inputs(USERS, VOCAB), torch.tensor([0.1, 0.7, -0.2])
+    for row in range(3):  # whatever the user's features
+        scores = ranker.score(take(users, torch.tensor([row])), items, retrieval)
+        assert torch.allclose(scores, retrieval * ranker.config.retrieval_scale)

@@ -1,5 +1,6 @@
 """NeuMF with side features (He et al. 2017): a GMF branch over user and item ids, an MLP branch
-over the ids and both sides' features, joined by one linear layer into a logit.
+over the ids and both sides' features, joined by one linear layer into a logit, with the retrieval
+stage's score (the two towers' dot product) beside them in that layer.
 
 The user side takes the same inputs as the user tower (`towers.inputs.user_inputs`); the item side
 the item tower's categorical inputs plus the item's popularity (`popularity_inputs`).
@@ -29,6 +30,7 @@ class RankerConfig:
     side: int = 16  # width of each categorical side-feature embedding
     hidden: tuple[int, ...] = (128, 64, 32)
     dropout: float = 0.1
+    retrieval_scale: float = 20.0  # the towers' 1 / temperature: the initial logit's weight
 
 
 def popularity_inputs(frame: pd.DataFrame) -> torch.Tensor:
@@ -61,12 +63,17 @@ class Ranker(nn.Module):
         for d_in, d_out in zip((width, *c.hidden[:-1]), c.hidden, strict=True):
             layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(c.dropout)]
         self.mlp = nn.Sequential(*layers)
-        self.out = nn.Linear(c.gmf + c.hidden[-1], 1)
+        self.out = nn.Linear(c.gmf + c.hidden[-1] + 1, 1)
         for table in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
             nn.init.normal_(table.weight, std=0.01)
+        with torch.no_grad():  # untrained, it ranks as the retrieval stage; training adds to that
+            self.out.weight.zero_()
+            self.out.weight[0, -1] = c.retrieval_scale
+            self.out.bias.zero_()
 
-    def forward(self, user: Inputs, item: Inputs) -> torch.Tensor:
-        """Logits (B,) for row i of `user` with row i of `item`."""
+    def forward(self, user: Inputs, item: Inputs, retrieval: torch.Tensor) -> torch.Tensor:
+        """Logits (B,) for row i of `user` with row i of `item`, whose retrieval score is
+        `retrieval[i]`."""
         u, i = known(user["user_id"], self.config.num_users), item["item_id"]
         gmf = self.gmf_user(u) * self.gmf_item(i)
         affinity = (user["genre_shares"] * item["genres"]).sum(dim=1, keepdim=True)
@@ -74,11 +81,10 @@ class Ranker(nn.Module):
         parts = [self.mlp_user(u), self.mlp_item(i), *side, self.year(item["year"])]
         parts += [user["numeric"], item["popularity"], user["genre_shares"], item["genres"]]
         mlp = self.mlp(torch.cat([*parts, affinity], dim=1))
-        return self.out(torch.cat([gmf, mlp], dim=1)).squeeze(1)
+        return self.out(torch.cat([gmf, mlp, retrieval[:, None]], dim=1)).squeeze(1)
 
-    def score(self, user: Inputs, items: Inputs) -> torch.Tensor:
+    def score(self, user: Inputs, items: Inputs, retrieval: torch.Tensor) -> torch.Tensor:
         """Logits (C,) of one user (a batch of one row) against every row of `items`."""
         n = len(items["item_id"])
-        return self(
-            {k: v.expand(n, *v.shape[1:]) for k, v in user.items() if k != "recent_items"}, items
-        )
+        user = {k: v.expand(n, *v.shape[1:]) for k, v in user.items() if k != "recent_items"}
+        return self(user, items, retrieval)
