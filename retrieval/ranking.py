@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 SERVICE = "ranker"
 CHUNK = 512  # users scored against the whole catalogue at once
+PAIRS = 1 << 18  # (user, item) pairs scored at once: 64 MiB of 64-d item rows
 VALIDATION_ROWS = 20_000  # validation interactions early stopping ranks, at most
 DAY = pd.Timedelta(days=1)
 
@@ -133,8 +134,9 @@ def hard_pools(
 
 def pair_scores(user_x: torch.Tensor, items: np.ndarray, cand: np.ndarray) -> torch.Tensor:
     """(U, C) retrieval scores: row u of `user_x` against the catalogue rows `cand[u]`, whose
-    embeddings are `items`; `CHUNK` * 64 users at a time (memory stays flat)."""
-    table, rows, step = torch.from_numpy(items), torch.from_numpy(cand), CHUNK * 64
+    embeddings are `items`; `PAIRS` pairs at a time (memory stays flat)."""
+    table, rows = torch.from_numpy(items), torch.from_numpy(cand)
+    step = max(1, PAIRS // cand.shape[1])
     return torch.cat([
         torch.einsum("ud,ucd->uc", user_x[s : s + step], table[rows[s : s + step]])
         for s in range(0, len(cand), step)
