@@ -83,7 +83,7 @@ def test_a_content_slot_uses_the_missing_vector_where_an_item_has_none(kind):
     tower = ItemTower(cfg).eval()
     x = {f"{kind}_vector": torch.randn(2, 4), f"has_{kind}": torch.tensor([1.0, 0.0])}
     with torch.no_grad():
-        getattr(tower, f"missing_{kind}").copy_(torch.randn(4))
+        getattr(tower, f"missing_{kind}").copy_(torch.randn(8))
         absent = tower({f"{kind}_vector": torch.randn(2, 4), f"has_{kind}": torch.zeros(2)})
         present = tower({**x, f"has_{kind}": torch.ones(2)})
     assert torch.allclose(absent[0], absent[1])  # both rows fall back to the same vector
