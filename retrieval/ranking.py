@@ -37,6 +37,7 @@ from retrieval.training import (
     SplitConfig,
     catalogue_frame,
     embed_items,
+    embed_users,
     load_towers,
     num_users,
     rows_of,
@@ -177,11 +178,8 @@ def hit_rate(ranker: Ranker, v: Validation, k: int = 10) -> tuple[float, float]:
         rows = torch.arange(n).repeat_interleave(len(v.items["item_id"]) // n)
         scores = ranker(take(v.users, rows), v.items, v.retrieval.reshape(-1)).view(n, -1)
     rank = (scores[:, 1:] > scores[:, :1]).sum(dim=1)  # items scored above the positive
-    hit = (rank < k).float()
-    mean = float(v.weights.sum())
-    return float((hit * v.weights).sum()) / mean, float(
-        (hit / torch.log2(rank + 2.0) * v.weights).sum()
-    ) / mean
+    hit, share = (rank < k).float(), v.weights / v.weights.sum()
+    return float((hit * share).sum()), float((hit / torch.log2(rank + 2.0) * share).sum())
 
 
 def calibrate(ranker: Ranker, data: Examples, steps: int = 50) -> None:
@@ -218,13 +216,13 @@ def fit_ranker(
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(ranker.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history, n = [], len(data.labels)
+    history, n, best = [], len(data.labels), {}
     calibrate(ranker, data)
     if validation is not None:
         hr, ndcg = hit_rate(ranker, validation)
         history.append({"epoch": 0, "hr@10": hr, "ndcg@10": ndcg})
         print(f"epoch 0 (the retrieval order): val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}")
-    best = {"hr": hr, "epoch": 0, "state": copy.deepcopy(ranker.state_dict())} if history else {}
+        best = {"hr": hr, "epoch": 0, "state": copy.deepcopy(ranker.state_dict())}
     for epoch in range(cfg.epochs):
         ranker.train()
         order, began, total = torch.randperm(n, generator=generator), time.perf_counter(), 0.0
@@ -365,7 +363,7 @@ def examples(
     seen = data.groupby("user_id")["item_id"].apply(list)
     at = sp.validation_time if data["event_timestamp"].max() < sp.validation_time else sp.test_time
     pool_users = np.sort(data["user_id"].unique())
-    pool_x = embed(towers.user, user_features(feast_store, vocab, pool_users, at)).numpy()
+    pool_x = embed_users(feast_store, towers.user, vocab, pool_users, at)
     pools = hard_pools(pool_x, towers.items, pool_users, catalogue, seen, cfg.hard_pool)
     cand = negatives(data["item_id"].map(row_of).to_numpy(), data["user_id"].to_numpy(), pools,
                      len(catalogue), cfg, rng)  # fmt: skip

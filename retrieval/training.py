@@ -153,6 +153,11 @@ def load_towers(version: Path) -> tuple[UserTower, ItemTower]:
     return tnn.load(UserTower, version, "user_tower"), tnn.load(ItemTower, version, "item_tower")
 
 
+def save_towers(folder: Path, user_tower: UserTower, item_tower: ItemTower) -> None:
+    tnn.save(user_tower, folder, "user_tower")
+    tnn.save(item_tower, folder, "item_tower")
+
+
 def validation_towers(version: Path) -> Path:
     """Where the version's towers trained on training rows alone are (they never saw the
     validation rows: the ranker validates against them): `BEFORE_REFIT`, else the version."""
@@ -296,11 +301,9 @@ def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfi
         "seconds": f.seconds, "metrics": f.result,
     }  # fmt: skip
     with artifacts.staging(root) as staged:
-        tnn.save(f.user_tower, staged, "user_tower")
-        tnn.save(f.item_tower, staged, "item_tower")
+        save_towers(staged, f.user_tower, f.item_tower)
         if f.before_refit is not None:
-            tnn.save(f.before_refit[0], staged / BEFORE_REFIT, "user_tower")
-            tnn.save(f.before_refit[1], staged / BEFORE_REFIT, "item_tower")
+            save_towers(staged / BEFORE_REFIT, *f.before_refit)
         return artifacts.publish(
             root, staged, {"stage": "train", "feature_services": SERVICES, **info}
         )

@@ -70,7 +70,8 @@ class ItemTower(nn.Module):
         """The modality in the shared space. A pretrained vector is projected as it is, and the
         learned missing vector (in the shared space: no gradient then flows back through the
         normalisation and dropout of a frozen input) stands in where an item has none."""
-        if modality not in ("text", "image") or (modality == "text" and not self.config.text_dim):
+        frozen = modality == "image" or (modality == "text" and self.config.text_dim > 0)
+        if not frozen:
             return self.proj[modality](self._input(modality, x))
         has = x[f"has_{modality}"][:, None]  # (B, 1)
         missing = self.missing_text if modality == "text" else self.missing_image
