@@ -44,8 +44,8 @@ from retrieval.training import (
     split,
     timeless,
     training_users,
-    user_features,
     validation_towers,
+    validation_users,
     vocab_of,
 )
 from towers import nn as tnn
@@ -309,7 +309,7 @@ def validation_pairs(
         len(catalogue), rng,
     )  # fmt: skip
     items = catalogue_items(feast_store, vocab, catalogue, sp.validation_time)
-    features = user_features(feast_store, vocab, users, sp.validation_time)
+    features = validation_users(feast_store, sp, vocab, users)
     user_x = take(features, torch.from_numpy(inverse))
     retrieval = pair_scores(embed(towers.user, user_x), towers.items, cand)
     weights = torch.from_numpy(1.0 / np.bincount(inverse)[inverse]).float()

@@ -120,9 +120,26 @@ def validation_set(
     relevant = sp.validation.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
     seen = sp.train.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
     return Validation(
-        user_features(feast_store, vocab, users, sp.validation_time, hidden),
+        validation_users(feast_store, sp, vocab, users, hidden),
         [relevant[u] for u in users], [seen.get(u, set()) for u in users],
     )  # fmt: skip
+
+
+def validation_users(feast_store: FeatureStore, sp: Split, vocab: Vocab, user_ids: np.ndarray,
+                     hidden: frozenset[int] = frozenset()) -> Inputs:  # fmt: skip
+    """User-tower inputs of `user_ids` as of the validation time. Where the rows carry no order in
+    time, that is the end of training, whose history holds the validation rows themselves: each
+    user's own validation items are blanked too, so validation does not reward a model for
+    finding its answers among its inputs."""
+    users = user_features(feast_store, vocab, user_ids, sp.validation_time, hidden)
+    if not timeless(sp):
+        return users
+    own = sp.validation.groupby("user_id")["item_id"].apply(lambda s: torch.tensor(s.to_numpy()))
+    recent = users["recent_items"].clone()
+    for row, user in enumerate(user_ids):
+        if user in own.index:
+            recent[row] = recent[row].masked_fill(torch.isin(recent[row], own[user]), 0)
+    return {**users, "recent_items": recent}
 
 
 def vocab_of(manifest: dict) -> Vocab:

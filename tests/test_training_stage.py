@@ -162,7 +162,8 @@ def test_evaluate_no_retrain_leaves_out_ablation_and_cold_start(world, tmp_path)
 
 def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
     """ml-1m's fixed split has one stamp for every row: features come from the end of training,
-    and a row's own item is blanked from its recent items."""
+    and a row's own item is blanked from its recent items, as are a validation user's own
+    validation items."""
     from conftest import copy_repo
 
     from retrieval import offline
@@ -177,13 +178,20 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     store.apply(prof)
     seen = {}
 
-    def capture(user_tower, item_tower, users, item_rows, *rest):
-        seen.update(users=users, items=item_rows)
+    def capture(user_tower, item_tower, users, item_rows, log_q, catalogue, validation, cfg):
+        seen.update(users=users, items=item_rows, validation=validation)
         return {"best_epoch": 1, "val_recall@20": 0.0, "history": []}
 
     monkeypatch.setattr(training, "train", capture)
-    version = training.run(prof, tmp_path / "art", TrainConfig(epochs=1), training.SplitConfig())
+    version = training.run(
+        prof, tmp_path / "art", TrainConfig(epochs=1, refit=False), training.SplitConfig()
+    )
     assert artifacts.manifest(version)["split"]["train_features"].startswith("as of test_time")
     assert (seen["users"]["numeric"][:, 1] == 1).all()  # every row sees its user's history
     labels = seen["items"] + 1  # catalogue row r holds item r + 1
     assert not (seen["users"]["recent_items"] == labels[:, None]).any()
+    val = seen["validation"]
+    shown = [set(recent.tolist()) - {0} for recent in val.users["recent_items"]]
+    assert sum(map(bool, shown)) > len(shown) / 2  # the rest of the history stays
+    for items, answers in zip(shown, val.relevant, strict=True):
+        assert not items & {row + 1 for row in answers}
