@@ -105,6 +105,23 @@ def test_id_dropout_only_in_training():
     assert not torch.allclose(tower(x)[0], tower(x)[1])
 
 
+def test_training_rows_pool_a_sample_of_their_own_history_and_serving_pools_all():
+    torch.manual_seed(0)
+    tower = UserTower(UserTowerConfig(num_items=500, num_genres=3, history_sample=8,
+                                      history_dropout=0.25))  # fmt: skip
+    recent = torch.zeros(200, 40, dtype=torch.long)
+    recent[:, :30] = torch.arange(1, 31) + 30 * torch.arange(200)[:, None] % 450
+    recent[0, 5:] = 0  # a short history: all five stay eligible
+    tower.train()
+    pooled = tower._history(recent)
+    assert pooled.shape == (200, 8)
+    for row, shown in zip(recent.tolist(), pooled.tolist(), strict=True):
+        assert set(shown) - {0} <= set(row) - {0}  # only the row's own items
+    assert abs(float((pooled[1:] == 0).float().mean()) - 0.25) < 0.05  # hidden at the rate
+    assert len({tuple(r) for r in pooled[1:].tolist()}) > 150  # a draw per row
+    assert torch.equal(tower.eval()._history(recent), recent)
+
+
 def test_half_dropout_zeroes_half_and_keeps_the_mean_only_in_training():
     torch.manual_seed(0)
     drop, x = tnn.HalfDropout(), torch.ones(256, 300)

@@ -19,6 +19,8 @@ class UserTowerConfig:
     hidden: int = 256
     embed: int = 16  # width of each categorical embedding
     item_embed: int = 32  # width of the recent-items embedding, pooled by mean
+    history_sample: int = 64  # recent items each training row pools, drawn at random; 0: all
+    history_dropout: float = 0.3  # share of recent items hidden from each training row
     dropout: float = 0.1
     num_users: int = 0  # user id vocabulary; 0: no id input
     id_dropout: float = 0.2  # share of training rows whose id is replaced by "unknown"
@@ -43,13 +45,27 @@ class UserTower(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.age(x["age"])] + [emb(x[k]) for k, emb in self.categorical.items()]
-        parts += [x["numeric"], x["genre_shares"], self.recent(x["recent_items"])]
+        parts += [x["numeric"], x["genre_shares"], self.recent(self._history(x["recent_items"]))]
         if self.config.num_users:
             ids = known(x["user_id"], self.config.num_users)
             if self.training and self.config.id_dropout > 0:
                 ids = ids.masked_fill(torch.rand(ids.shape) < self.config.id_dropout, 0)
             parts.append(self.ids(ids))
         return unit(self.mlp(torch.cat(parts, dim=1)))  # (B, dim)
+
+    def _history(self, recent: torch.Tensor) -> torch.Tensor:
+        """The recent items; in training a random sample of them, a random share hidden (as
+        padding): the tower learns what else a user likes from any part of their history, not to
+        recognise the items it was shown. A mean over a sample estimates the mean over all."""
+        if not self.training:
+            return recent
+        c = self.config
+        if 0 < c.history_sample < recent.shape[1]:
+            keys = torch.rand(recent.shape).masked_fill(recent == 0, 2.0)  # padding sorts last
+            recent = recent.gather(1, keys.topk(c.history_sample, largest=False).indices)
+        if c.history_dropout > 0:
+            recent = recent.masked_fill(torch.rand(recent.shape) < c.history_dropout, 0)
+        return recent
 
     def forget(self, item_ids: torch.Tensor, user_ids: torch.Tensor) -> None:
         """Items never trained on count as padding in the recent-items pool; users never trained
