@@ -39,6 +39,17 @@ def test_ncf_candidates_put_the_positive_first_and_sample_unseen_items():
     assert sorted(small[0, 1:].tolist()) == [0, 4, 5]
 
 
+def test_ncf_candidates_in_a_large_catalogue_are_distinct_unseen_and_uniform():
+    rng = np.random.default_rng(0)
+    seen = set(range(0, 1000, 2))  # every even row: 499 rows left besides the positive
+    cand = ranking.ncf_candidates(np.array([1] * 2000), [seen] * 2000, 1000, rng)
+    negatives = cand[:, 1:]
+    assert all(len(set(row)) == 99 for row in negatives.tolist())
+    assert (negatives % 2 == 1).all() and (negatives != 1).all()
+    counts = np.bincount(negatives.ravel(), minlength=1000)[3::2]  # each allowed row: ~397 draws
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
+
+
 def test_validation_hit_rate_weighs_each_user_equally():
     retrieval = torch.tensor([
         [0.9, 0.1, 0.2],  # user 1: positive first -> rank 0

@@ -180,3 +180,27 @@ def test_an_untrained_ranker_ranks_as_the_retrieval_stage():
     for row in range(3):  # whatever the user's features
         scores = ranker.score(take(users, torch.tensor([row])), items, retrieval)
         assert torch.allclose(scores, retrieval * ranker.config.retrieval_scale)
+
+
+def test_a_ranker_step_moves_only_the_id_rows_its_batch_touched():
+    torch.manual_seed(0)
+    ranker = Ranker(RankerConfig(num_users=4, num_items=10, num_genres=3))
+    steppers = tnn.optimizers(ranker, lr=0.1, weight_decay=0.0)
+    assert [type(o).__name__ for o in steppers] == ["AdamW", "SparseAdam"]
+    x = item_inputs(ITEMS, VOCAB)
+    items = {k: x[k] for k in ("item_id", "genres", "year")} | {"popularity": torch.ones(3, 4)}
+    users = user_inputs(USERS, VOCAB)
+
+    def moved(ids: list[int]) -> list[int]:
+        before = ranker.gmf_item.weight.clone()
+        for optimizer in steppers:
+            optimizer.zero_grad()
+        batch = {**items, "item_id": torch.tensor(ids)}
+        ranker(users, batch, torch.tensor([0.1, 0.7, -0.2])).sum().backward()
+        for optimizer in steppers:
+            optimizer.step()
+        return (ranker.gmf_item.weight != before).any(dim=1).nonzero().flatten().tolist()
+
+    moved([2, 5, 5])  # opens the output layer, zero but for the retrieval score at the start
+    assert moved([2, 5, 5]) == [2, 5]
+    assert moved([7, 7, 7]) == [7]  # rows 2 and 5 keep still: no momentum without a gradient

@@ -49,10 +49,10 @@ class Ranker(nn.Module):
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.gmf_user = nn.Embedding(c.num_users, c.gmf)
-        self.gmf_item = nn.Embedding(c.num_items, c.gmf)
-        self.mlp_user = nn.Embedding(c.num_users, c.embed)
-        self.mlp_item = nn.Embedding(c.num_items, c.embed)
+        self.gmf_user = nn.Embedding(c.num_users, c.gmf, sparse=True)  # sparse: see `optimizers`
+        self.gmf_item = nn.Embedding(c.num_items, c.gmf, sparse=True)
+        self.mlp_user = nn.Embedding(c.num_users, c.embed, sparse=True)
+        self.mlp_item = nn.Embedding(c.num_items, c.embed, sparse=True)
         self.age = nn.Embedding(len(AGE_EDGES) + 2, c.side)
         self.categorical = nn.ModuleDict(
             {k: nn.Embedding(HASH_BUCKETS, c.side) for k in ("gender", "occupation", "zip")}
