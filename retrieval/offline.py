@@ -76,7 +76,7 @@ def build(
     us = _micros(inter["timestamp"])
     start_us = _day_floor(int(us.min())) - DAY_US
     end_us = _day_floor(int(us.max())) + DAY_US  # the last end-of-day stamp
-    genre_matrix = _genre_matrix(ds)
+    genre_matrix = _genre_matrix(ds.items, ds.genres)
     meta = {
         "dataset": ds.name,
         "genres": ds.genres,
@@ -132,11 +132,11 @@ def _interactions(inter: pd.DataFrame) -> pa.Table:
     )
 
 
-def _genre_matrix(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+def _genre_matrix(items: pd.DataFrame, genres: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(item ids sorted, multi-hot genres per item in that order)."""
-    index = {g: i for i, g in enumerate(ds.genres)}
-    items = ds.items.sort_values("item_id")
-    hot = np.zeros((len(items), len(ds.genres)), dtype=np.float32)
+    index = {g: i for i, g in enumerate(genres)}
+    items = items.sort_values("item_id")
+    hot = np.zeros((len(items), len(genres)), dtype=np.float32)
     rows = np.repeat(np.arange(len(items)), [len(g) for g in items["genres"]])
     cols = [index[g] for gs in items["genres"] for g in gs]
     hot[rows, cols] = 1.0
@@ -180,6 +180,26 @@ def user_activity(
             "recent_items": _recent(inter["item_id"].to_numpy(), first, ends, recent),
         }
     )
+
+
+def activity_from(
+    rows: pd.DataFrame, frame: pd.DataFrame, items: pd.DataFrame, genres: tuple[str, ...]
+) -> pd.DataFrame:
+    """`frame` (`user_activity` features, one row per user, as of one time) with those features
+    computed afresh from the interactions in `rows` alone: what the store would hold had the
+    others never happened. Where rows carry no time, that is how a subset is held out."""
+    lengths = frame["recent_items"].dropna().map(len)
+    recent = int(lengths.max()) if len(lengths) else 1  # the lists' cap, or all are shorter
+    inter = rows.rename(columns={"event_timestamp": "timestamp"}).sort_values(
+        "user_id", kind="stable"
+    )  # one stamp: the order within a user stays as stored
+    fresh = user_activity(
+        inter.reset_index(drop=True), _genre_matrix(items, genres), DAY_US, recent
+    )
+    fresh = fresh.drop("event_timestamp").to_pandas().set_index("user_id")
+    columns = [c for c in fresh.columns if c in frame.columns]
+    found = fresh.reindex(frame["user_id"].to_numpy())
+    return frame.assign(**{c: found[c].to_numpy() for c in columns})
 
 
 def user_history(inter: pd.DataFrame, bucket_us: int, keep: int) -> pa.Table:

@@ -326,7 +326,7 @@ def validation_pairs(
         len(catalogue), rng,
     )  # fmt: skip
     items = catalogue_items(feast_store, vocab, catalogue, sp.validation_time)
-    features = validation_users(feast_store, sp, vocab, users)
+    features = validation_users(feast_store, sp, vocab, users, catalogue)
     user_x = take(features, torch.from_numpy(inverse))
     retrieval = pair_scores(embed(towers.user, user_x), towers.items, cand)
     weights = torch.from_numpy(1.0 / np.bincount(inverse)[inverse]).float()

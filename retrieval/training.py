@@ -17,7 +17,7 @@ import torch
 
 from retrieval import artifacts, content, store
 from retrieval.errors import TTRError
-from retrieval.offline import read_meta
+from retrieval.offline import activity_from, read_meta
 from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Vocab, item_inputs, user_inputs
@@ -112,34 +112,33 @@ def blanked(users: Inputs, items: frozenset[int]) -> Inputs:
 
 
 def validation_set(
-    feast_store: FeatureStore, sp: Split, vocab: Vocab, row_of: dict[int, int],
+    feast_store: FeatureStore, sp: Split, vocab: Vocab, catalogue: pd.DataFrame,
     hidden: frozenset[int] = frozenset(),
 ) -> Validation:  # fmt: skip
     """Validation users with their features as of the validation time, and their items."""
-    users = np.sort(sp.validation["user_id"].unique())
+    users, row_of = np.sort(sp.validation["user_id"].unique()), rows_of(catalogue["item_id"])
     relevant = sp.validation.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
     seen = sp.train.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
     return Validation(
-        validation_users(feast_store, sp, vocab, users, hidden),
+        validation_users(feast_store, sp, vocab, users, catalogue, hidden),
         [relevant[u] for u in users], [seen.get(u, set()) for u in users],
     )  # fmt: skip
 
 
-def validation_users(feast_store: FeatureStore, sp: Split, vocab: Vocab, user_ids: np.ndarray,
-                     hidden: frozenset[int] = frozenset()) -> Inputs:  # fmt: skip
+def validation_users(
+    feast_store: FeatureStore, sp: Split, vocab: Vocab, user_ids: np.ndarray,
+    catalogue: pd.DataFrame, hidden: frozenset[int] = frozenset(),
+) -> Inputs:  # fmt: skip
     """User-tower inputs of `user_ids` as of the validation time. Where the rows carry no order in
-    time, that is the end of training, whose history holds the validation rows themselves: each
-    user's own validation items are blanked too, so validation does not reward a model for
-    finding its answers among its inputs."""
-    users = user_features(feast_store, vocab, user_ids, sp.validation_time, hidden)
-    if not timeless(sp):
-        return users
-    own = sp.validation.groupby("user_id")["item_id"].apply(lambda s: torch.tensor(s.to_numpy()))
-    recent = users["recent_items"].clone()
-    for row, user in enumerate(user_ids):
-        if user in own.index:
-            recent[row] = recent[row].masked_fill(torch.isin(recent[row], own[user]), 0)
-    return {**users, "recent_items": recent}
+    time, that is the end of training, whose activity features count the validation rows
+    themselves: those (count, genre shares, recent items) are computed afresh from the training
+    rows alone, so validation rewards neither finding its answers among the inputs nor their
+    genres in the shares."""
+    entities = pd.DataFrame({"user_id": user_ids, "event_timestamp": sp.validation_time})
+    frame = training_frame(feast_store, SERVICES["user"], entities)
+    if timeless(sp):
+        frame = activity_from(sp.train, frame, catalogue, vocab.genres)
+    return blanked(user_inputs(frame, vocab), hidden)
 
 
 def vocab_of(manifest: dict) -> Vocab:
@@ -263,7 +262,7 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
         feast_store, vocab, catalogue, item_inputs(catalogue, vocab), row_of, hidden, as_of
     )
     began = time.perf_counter()
-    validation = validation_set(feast_store, sp, vocab, row_of, hidden)
+    validation = validation_set(feast_store, sp, vocab, catalogue, hidden)
     user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities)
     before_refit = (user_tower, item_tower) if cfg.refit else None
     if cfg.refit:

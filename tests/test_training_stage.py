@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from retrieval import artifacts, indexing, store, training
@@ -162,8 +163,8 @@ def test_evaluate_no_retrain_leaves_out_ablation_and_cold_start(world, tmp_path)
 
 def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
     """ml-1m's fixed split has one stamp for every row: features come from the end of training,
-    and a row's own item is blanked from its recent items, as are a validation user's own
-    validation items."""
+    and a row's own item is blanked from its recent items; a validation user's activity features
+    (count, genre shares, recent items) come from their training rows alone."""
     from conftest import copy_repo
 
     from retrieval import offline
@@ -193,5 +194,17 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     val = seen["validation"]
     shown = [set(recent.tolist()) - {0} for recent in val.users["recent_items"]]
     assert sum(map(bool, shown)) > len(shown) / 2  # the rest of the history stays
-    for items, answers in zip(shown, val.relevant, strict=True):
-        assert not items & {row + 1 for row in answers}
+    for items, answers, known in zip(shown, val.relevant, val.seen, strict=True):
+        assert not items & {row + 1 for row in answers - known}  # unless also picked in training
+    sp = training.split(
+        pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas(), ds.name,
+        training.SplitConfig(),
+    )  # fmt: skip
+    rows = sp.train[sp.train["user_id"].isin(val.users["user_id"].tolist())]
+    genres = rows.merge(ds.items[["item_id", "genres"]], on="item_id").explode("genres")
+    shares = pd.crosstab(genres["user_id"], genres["genres"], normalize="index")
+    shares = shares.reindex(columns=list(ds.genres), fill_value=0.0)
+    users = val.users["user_id"].tolist()
+    count = rows.groupby("user_id").size().reindex(users, fill_value=0).to_numpy()
+    assert val.users["numeric"][:, 0].numpy() == pytest.approx(np.log1p(count))
+    assert val.users["genre_shares"].numpy() == pytest.approx(shares.reindex(users, fill_value=0.0).to_numpy())
