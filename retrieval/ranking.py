@@ -50,7 +50,7 @@ from retrieval.training import (
 )
 from towers import nn as tnn
 from towers.features import training_frame
-from towers.inputs import Vocab, item_inputs
+from towers.inputs import Vocab, categorical_inputs
 from towers.ranker import Ranker, RankerConfig, popularity_inputs
 from towers.train import Inputs, embed, take
 from towers.user_tower import UserTower
@@ -87,15 +87,9 @@ def ranker_items(feast_store: FeatureStore, vocab: Vocab, entities: pd.DataFrame
 
 
 def ranker_inputs(frame: pd.DataFrame, vocab: Vocab) -> Inputs:
-    """Item-side ranker inputs from a frame of the ranker service's item features (content
-    vectors are the towers' input, not the ranker's)."""
-    x = item_inputs(frame, dataclasses.replace(vocab, text_dim=0, image_dim=0))
-    return {
-        "item_id": x["item_id"],
-        "genres": x["genres"],
-        "year": x["year"],
-        "popularity": popularity_inputs(frame),
-    }
+    """Item-side ranker inputs from a frame of the ranker service's item features (text and
+    content vectors are the towers' input, not the ranker's)."""
+    return {**categorical_inputs(frame, vocab), "popularity": popularity_inputs(frame)}
 
 
 def item_table(

@@ -207,4 +207,6 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     users = val.users["user_id"].tolist()
     count = rows.groupby("user_id").size().reindex(users, fill_value=0).to_numpy()
     assert val.users["numeric"][:, 0].numpy() == pytest.approx(np.log1p(count))
-    assert val.users["genre_shares"].numpy() == pytest.approx(shares.reindex(users, fill_value=0.0).to_numpy())
+    assert val.users["genre_shares"].numpy() == pytest.approx(
+        shares.reindex(users, fill_value=0.0).to_numpy()
+    )

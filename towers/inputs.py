@@ -124,23 +124,27 @@ def tokens(texts: pd.Series) -> pd.Series:
 
 def item_inputs(frame: pd.DataFrame, vocab: Vocab) -> dict[str, torch.Tensor]:
     """Tensors for the item tower from `item_id` and the `item_tower` feature service's columns."""
-    index = {g: i for i, g in enumerate(vocab.genres)}
-    genres = np.zeros((len(frame), len(vocab.genres)), dtype=np.float32)
-    for row, names in enumerate(frame["genres"]):
-        for name in names if present(names) else []:
-            if name in index:
-                genres[row, index[name]] = 1.0
     text = frame["title"].fillna("").astype(str) + " " + frame["plot"].fillna("").astype(str)
-    ids = torch.from_numpy(frame["item_id"].to_numpy(dtype=np.int64))
-    out = {
-        "item_id": torch.where(ids < vocab.num_items, ids, torch.zeros_like(ids)),
-        "genres": torch.from_numpy(genres),
-        "year": bucketed(frame["year"], YEAR_EDGES),
-        "text": padded(tokens(text), MAX_TOKENS),
-    }
+    out = {**categorical_inputs(frame, vocab), "text": padded(tokens(text), MAX_TOKENS)}
     for kind, width in (("text", vocab.text_dim), ("image", vocab.image_dim)):
         if width:
             out[f"{kind}_vector"] = dense(frame[f"{kind}_vector"], width)
             has = frame[f"has_{kind}"].astype("boolean").fillna(False).to_numpy(dtype=np.float32)
             out[f"has_{kind}"] = torch.from_numpy(has)
     return out
+
+
+def categorical_inputs(frame: pd.DataFrame, vocab: Vocab) -> dict[str, torch.Tensor]:
+    """The item id (0 beyond the vocabulary), genres multi-hot and the year bucket."""
+    index = {g: i for i, g in enumerate(vocab.genres)}
+    genres = np.zeros((len(frame), len(vocab.genres)), dtype=np.float32)
+    for row, names in enumerate(frame["genres"]):
+        for name in names if present(names) else []:
+            if name in index:
+                genres[row, index[name]] = 1.0
+    ids = torch.from_numpy(frame["item_id"].to_numpy(dtype=np.int64))
+    return {
+        "item_id": torch.where(ids < vocab.num_items, ids, torch.zeros_like(ids)),
+        "genres": torch.from_numpy(genres),
+        "year": bucketed(frame["year"], YEAR_EDGES),
+    }
