@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 SERVICE = "ranker"
-CHUNK = 512  # users scored against the whole catalogue at once
+SCORES = 1 << 24  # (user, item) scores held at once when ranking the whole catalogue: 64 MiB
 PAIRS = 1 << 18  # (user, item) pairs scored at once: 64 MiB of 64-d item rows
 VALIDATION_ROWS = 20_000  # validation interactions early stopping ranks, at most
 DAY = pd.Timedelta(days=1)
@@ -110,19 +110,19 @@ def hard_pools(
     seen: pd.Series, depth: int,
 ) -> dict[int, np.ndarray]:  # fmt: skip
     """Each user's top `depth` catalogue rows by the retrieval towers (`user_x` the embeddings of
-    `users`, `items` of the catalogue), the user's own items out; scored `CHUNK` users at a
-    time."""
+    `users`, `items` of the catalogue), the user's own items out; `SCORES` scores at a time."""
     row_of = rows_of(catalogue["item_id"])
     depth = min(depth, len(items))
+    table, step = torch.from_numpy(items), max(1, SCORES // len(items))
     pools = {}
-    for start in range(0, len(users), CHUNK):
-        scores = user_x[start : start + CHUNK] @ items.T
-        chunk_users = users[start : start + CHUNK]
+    for start in range(0, len(users), step):
+        scores = torch.from_numpy(user_x[start : start + step]) @ table.T
+        chunk_users = users[start : start + step]
         for row, user in enumerate(chunk_users):
-            scores[row, [row_of[i] for i in seen.get(user, [])]] = -np.inf
-        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+            scores[row, [row_of[i] for i in seen.get(user, [])]] = float("-inf")
+        best, top = scores.topk(depth, dim=1)
         for row, user in enumerate(chunk_users):
-            pool = top[row][np.isfinite(scores[row, top[row]])]
+            pool = top[row][torch.isfinite(best[row])].numpy()
             pools[int(user)] = pool if len(pool) else np.arange(len(catalogue))
     return pools
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -27,6 +28,22 @@ def test_pair_scores_are_dot_products_across_chunks(monkeypatch):
     cand = np.random.default_rng(0).integers(5, size=(7, 3))
     expected = np.einsum("ud,ucd->uc", users.numpy(), items[cand])
     assert np.allclose(ranking.pair_scores(users, items, cand).numpy(), expected, atol=1e-6)
+
+
+def test_hard_pools_are_the_best_unseen_items_across_chunks(monkeypatch):
+    monkeypatch.setattr(ranking, "SCORES", 12)  # two users of six items a chunk
+    rng = np.random.default_rng(0)
+    users, items = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(6, 3))
+    items = items.astype(np.float32)
+    catalogue = pd.DataFrame({"item_id": [10, 11, 12, 13, 14, 15]})
+    seen = pd.Series({1: [10, 12], 4: [10, 11, 12, 13, 14, 15]})
+    pools = ranking.hard_pools(users, items, np.arange(5), catalogue, seen, depth=3)
+    scores = users @ items.T
+    for user in (0, 1, 2, 3):
+        allowed = [r for r in range(6) if catalogue["item_id"][r] not in seen.get(user, [])]
+        best = sorted(allowed, key=lambda r: -scores[user, r])[:3]
+        assert sorted(pools[user].tolist()) == sorted(best)
+    assert sorted(pools[4].tolist()) == list(range(6))  # all seen: the whole catalogue
 
 
 def test_ncf_candidates_put_the_positive_first_and_sample_unseen_items():
