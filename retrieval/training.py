@@ -134,8 +134,7 @@ def validation_users(
     themselves: those (count, genre shares, recent items) are computed afresh from the training
     rows alone, so validation rewards neither finding its answers among the inputs nor their
     genres in the shares."""
-    entities = pd.DataFrame({"user_id": user_ids, "event_timestamp": sp.validation_time})
-    frame = training_frame(feast_store, SERVICES["user"], entities)
+    frame = user_frame(feast_store, user_ids, sp.validation_time)
     if timeless(sp):
         frame = activity_from(sp.train, frame, catalogue, vocab.genres)
     return blanked(user_inputs(frame, vocab), hidden)
@@ -149,9 +148,13 @@ def vocab_of(manifest: dict) -> Vocab:
 def user_features(feast_store: FeatureStore, vocab: Vocab, user_ids: np.ndarray,
                   at: pd.Timestamp, hidden: frozenset[int] = frozenset()) -> Inputs:  # fmt: skip
     """User-tower inputs of `user_ids`, features as of `at`, `hidden` items blanked."""
+    return blanked(user_inputs(user_frame(feast_store, user_ids, at), vocab), hidden)
+
+
+def user_frame(feast_store: FeatureStore, user_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame:
+    """The user tower's features of `user_ids` as of `at`, one row per id in order."""
     entities = pd.DataFrame({"user_id": user_ids, "event_timestamp": at})
-    frame = training_frame(feast_store, SERVICES["user"], entities)
-    return blanked(user_inputs(frame, vocab), hidden)
+    return training_frame(feast_store, SERVICES["user"], entities)
 
 
 def embed_users(feast_store: FeatureStore, tower: UserTower, vocab: Vocab, user_ids: np.ndarray,

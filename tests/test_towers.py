@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from towers import nn as tnn
-from towers.inputs import Vocab, item_inputs, user_inputs
+from towers.inputs import Vocab, categorical_inputs, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
 from towers.ranker import Ranker, RankerConfig, popularity_inputs
 from towers.train import take
@@ -173,9 +173,7 @@ def test_an_untrained_ranker_ranks_as_the_retrieval_stage():
     frame = ITEMS.assign(
         item_count=[5, None, 2], item_count_30d=[1, None, 0], item_mean_rating=[4.0, None, 3.0]
     )
-    x = item_inputs(frame, VOCAB)
-    items = {k: x[k] for k in ("item_id", "genres", "year")}
-    items["popularity"] = popularity_inputs(frame)
+    items = categorical_inputs(frame, VOCAB) | {"popularity": popularity_inputs(frame)}
     users, retrieval = user_inputs(USERS, VOCAB), torch.tensor([0.1, 0.7, -0.2])
     for row in range(3):  # whatever the user's features
         scores = ranker.score(take(users, torch.tensor([row])), items, retrieval)
@@ -187,8 +185,7 @@ def test_a_ranker_step_moves_only_the_id_rows_its_batch_touched():
     ranker = Ranker(RankerConfig(num_users=4, num_items=10, num_genres=3))
     steppers = tnn.optimizers(ranker, lr=0.1, weight_decay=0.0)
     assert [type(o).__name__ for o in steppers] == ["AdamW", "SparseAdam"]
-    x = item_inputs(ITEMS, VOCAB)
-    items = {k: x[k] for k in ("item_id", "genres", "year")} | {"popularity": torch.ones(3, 4)}
+    items = categorical_inputs(ITEMS, VOCAB) | {"popularity": torch.ones(3, 4)}
     users = user_inputs(USERS, VOCAB)
 
     def moved(ids: list[int]) -> list[int]:
