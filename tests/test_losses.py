@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from towers.losses import sampled_softmax_loss
+from towers.train import user_weights
 
 EYE = torch.eye(2)
 
@@ -43,3 +44,18 @@ def test_duplicate_positive_is_not_a_negative_and_extra_negatives_count():
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
     unmasked = sampled_softmax_loss(users, items, torch.zeros(3), temperature=1.0)
     assert unmasked.item() == pytest.approx(math.log(2 + math.exp(-1)), abs=1e-6)
+
+
+def test_weights_scale_each_row():
+    # row 0 with logq correction alone is 0.55144 (above); weights (2, 0): (2 * 0.55144 + 0) / 2
+    log_q = torch.log(torch.tensor([0.5, 0.25]))
+    loss = sampled_softmax_loss(EYE, EYE, log_q, temperature=1.0, weights=torch.tensor([2.0, 0.0]))
+    assert loss.item() == pytest.approx(0.55144, abs=1e-4)
+
+
+def test_user_weights_even_out_users():
+    ids = torch.tensor([3, 3, 3, 3, 5])  # user 3 has four examples, user 5 one
+    weights = user_weights(ids, 0.5)  # 4^-0.5 and 1^-0.5, scaled to mean 1
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert weights[4].item() == pytest.approx(2 * weights[0].item())
+    assert torch.equal(user_weights(ids, 0.0), torch.ones(5))

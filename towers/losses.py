@@ -12,8 +12,10 @@ def sampled_softmax_loss(
     log_q: torch.Tensor,
     temperature: float = 0.05,
     item_ids: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of each user's positive against every candidate.
+    """Mean cross-entropy of each user's positive against every candidate (weighted by
+    `weights` (B,) where given).
 
     users (B, d) and items (C, d), C >= B: row i's positive is candidate i; candidates B.. are
     extra negatives. log_q (C,) is each candidate's log sampling probability, subtracted from its
@@ -26,4 +28,5 @@ def sampled_softmax_loss(
         same = item_ids[None, :] == item_ids[:batch, None]  # (B, C)
         same[:, :batch] &= ~torch.eye(batch, dtype=torch.bool, device=users.device)
         logits = logits.masked_fill(same, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(batch, device=users.device))
+    losses = F.cross_entropy(logits, torch.arange(batch, device=users.device), reduction="none")
+    return losses.mean() if weights is None else (losses * weights).mean()

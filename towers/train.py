@@ -24,11 +24,16 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-6
     temperature: float = 0.05
-    logq: float = 1.0  # weight of the logQ correction (0: in-batch sampling sinks popular items)
+    logq: float = 1.25  # weight of the logQ correction (0: in-batch sampling sinks popular items;
+    # above 1 leaves some popularity in the scores; ml-1m validation recall@20 after 6 epochs,
+    # user_weight 0.5: 0.1728 at 0.5, 0.2104 at 1, 0.2128 at 1.25, 0.2083 at 1.5)
     extra_negatives: int = 0  # uniform negatives added to the in-batch ones, per batch
     patience: int = 3  # epochs without a better validation recall before stopping
     refit: bool = True  # then train afresh on training + validation rows for the best epochs
     user_ids: bool = False  # a user-id input (with dropout) beside the user's features
+    user_weight: float = 0.5  # examples weigh n^-user_weight, n their user's count: recall
+    # averages over users, a loss over examples leans on the heaviest (0: all weigh the same;
+    # ml-1m validation recall@20 after 6 epochs 0.2055 at 0, 0.2104 at 0.5, 0.2086 at 1)
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
 
@@ -63,6 +68,13 @@ def recall_at_k(users: torch.Tensor, items: torch.Tensor, relevant: list[set[int
     )
 
 
+def user_weights(user_ids: torch.Tensor, power: float) -> torch.Tensor:
+    """Each example's weight, n^-power with n its user's number of examples, scaled to mean 1."""
+    _, inverse, counts = torch.unique(user_ids, return_inverse=True, return_counts=True)
+    weights = counts[inverse].double() ** -power
+    return (weights / weights.mean()).float()
+
+
 @dataclass
 class Validation:
     users: Inputs  # one row per validation user
@@ -89,6 +101,7 @@ def train(
     params = list(user_tower.parameters()) + list(item_tower.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     n, n_items = len(item_rows), len(item_log_q)
+    weights = user_weights(users["user_id"], cfg.user_weight)
     best = {"recall": -1.0, "epoch": -1, "state": None}
     history = []
     for epoch in range(cfg.epochs):
@@ -108,7 +121,7 @@ def train(
             u = user_tower(take(users, rows))
             v = item_tower(take(catalogue, cand))
             loss = sampled_softmax_loss(
-                u, v, cfg.logq * item_log_q[cand], cfg.temperature, item_ids=cand
+                u, v, cfg.logq * item_log_q[cand], cfg.temperature, cand, weights[rows]
             )
             optimizer.zero_grad()
             loss.backward()
