@@ -202,6 +202,34 @@ def activity_from(
     return frame.assign(**{c: found[c].to_numpy() for c in columns})
 
 
+def leave_one_out(
+    rows: pd.DataFrame, frame: pd.DataFrame, items: pd.DataFrame, genres: tuple[str, ...]
+) -> pd.DataFrame:
+    """`frame` (`user_activity` features, one row per row of `rows`) with the count, mean rating
+    and genre shares computed from each user's other rows in `rows`: where rows carry no time,
+    what a row's features would be without it, so its own item does not leak into them."""
+    users = rows["user_id"].to_numpy()
+    _, user = np.unique(users, return_inverse=True)
+    ratings = rows["rating"].to_numpy(dtype=np.float64)
+    rated = ~np.isnan(ratings)
+    item_ids, hot = _genre_matrix(items, genres)
+    own = hot[np.searchsorted(item_ids, rows["item_id"].to_numpy())].astype(np.float64)
+
+    def others(values: np.ndarray) -> np.ndarray:
+        total = np.zeros((user.max() + 1, *values.shape[1:]))
+        np.add.at(total, user, values)
+        return total[user] - values
+
+    shares = others(own)
+    shares = shares / np.maximum(shares.sum(axis=1, keepdims=True), 1.0)
+    count = others(np.ones(len(rows)))
+    return frame.assign(
+        interaction_count=np.where(count > 0, count, np.nan),  # no other rows: no history
+        mean_rating=_ratio(others(np.nan_to_num(ratings)), others(rated.astype(np.float64))),
+        genre_shares=list(shares.astype(np.float32)),
+    )
+
+
 def user_history(inter: pd.DataFrame, bucket_us: int, keep: int) -> pa.Table:
     """Every item each user has interacted with (the last `keep`, most recent first), per active
     bucket, stamped at the bucket's end: what serving drops from a user's candidates."""

@@ -370,7 +370,7 @@ def examples(
     of the interaction (as of the test time where the split has no time order)."""
     row_of = rows_of(catalogue["item_id"])
     as_of = sp.test_time if timeless(sp) else None
-    _, users = training_users(feast_store, data, vocab, frozenset(), as_of)
+    _, users = training_users(feast_store, data, vocab, catalogue, frozenset(), as_of)
     seen = data.groupby("user_id")["item_id"].apply(list)
     at = sp.validation_time if data["event_timestamp"].max() < sp.validation_time else sp.test_time
     pool_users = np.sort(data["user_id"].unique())

@@ -17,7 +17,7 @@ import torch
 
 from retrieval import artifacts, content, store
 from retrieval.errors import TTRError
-from retrieval.offline import activity_from, read_meta
+from retrieval.offline import activity_from, leave_one_out, read_meta
 from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Vocab, item_inputs, user_inputs
@@ -189,16 +189,19 @@ def timeless(sp: Split) -> bool:
 
 
 def training_users(
-    feast_store: FeatureStore, rows: pd.DataFrame, vocab: Vocab, hidden: frozenset[int],
-    as_of: pd.Timestamp | None,
+    feast_store: FeatureStore, rows: pd.DataFrame, vocab: Vocab, catalogue: pd.DataFrame,
+    hidden: frozenset[int], as_of: pd.Timestamp | None,
 ) -> tuple[pd.DataFrame, Inputs]:  # fmt: skip
     """The training rows' user features and tensors. Point in time where the rows have an order;
     where they have none, `as_of` the end of training (the only time the history exists), with the
-    row's own item blanked from its recent items so the label does not sit among the inputs."""
+    row's own item left out of its activity features and blanked from its recent items, so the
+    label sits neither among the inputs nor in their counts and genre shares."""
     entities = rows[["user_id", "item_id", "event_timestamp"]]
     if as_of is not None:
         entities = entities.assign(event_timestamp=as_of)
     frame = training_frame(feast_store, SERVICES["user"], entities)
+    if as_of is not None:
+        frame = leave_one_out(rows, frame, catalogue, vocab.genres)
     users = blanked(user_inputs(frame, vocab), hidden)
     if as_of is not None:
         label = torch.tensor(frame["item_id"].to_numpy())[:, None]
@@ -284,7 +287,9 @@ def _towers(
     """Both towers trained on `rows`; ids that never occur in them are forgotten afterwards, so
     those items and users embed from their features alone."""
     vocab, row_of = world.vocab, world.row_of
-    frame, users = training_users(world.feast_store, rows, vocab, world.hidden, world.as_of)
+    frame, users = training_users(
+        world.feast_store, rows, vocab, world.catalogue, world.hidden, world.as_of
+    )
     counts = np.bincount([row_of[i] for i in rows["item_id"]], minlength=len(row_of)) + 1.0
     torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
     user_tower = UserTower(

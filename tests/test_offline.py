@@ -93,3 +93,21 @@ def test_a_failed_write_leaves_the_previous_files(world, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         offline.write(smaller, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no stray temp files
+
+
+def test_leave_one_out_features_count_every_other_row_of_the_user(world):
+    ds, _ = world
+    rows = ds.interactions.sample(300, random_state=0)
+    frame = pd.DataFrame({"user_id": rows["user_id"].to_numpy()})
+    out = offline.leave_one_out(rows, frame, ds.items, ds.genres)
+    genres = ds.items.set_index("item_id")["genres"]
+    for j, row in enumerate(rows.itertuples()):
+        others = rows[(rows["user_id"] == row.user_id) & (rows.index != row.Index)]
+        if others.empty:
+            assert np.isnan(out["interaction_count"][j]) and np.isnan(out["mean_rating"][j])
+            continue
+        assert out["interaction_count"][j] == len(others)
+        assert np.isclose(out["mean_rating"][j], others["rating"].mean())
+        counts = pd.Series([g for i in others["item_id"] for g in genres[i]]).value_counts()
+        shares = counts.reindex(ds.genres, fill_value=0) / max(counts.sum(), 1)
+        assert np.allclose(out["genre_shares"][j], shares.to_numpy(), atol=1e-6)

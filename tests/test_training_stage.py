@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from retrieval import artifacts, indexing, store, training
 from retrieval.cli import run
@@ -163,8 +164,9 @@ def test_evaluate_no_retrain_leaves_out_ablation_and_cold_start(world, tmp_path)
 
 def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
     """ml-1m's fixed split has one stamp for every row: features come from the end of training,
-    and a row's own item is blanked from its recent items; a validation user's activity features
-    (count, genre shares, recent items) come from their training rows alone."""
+    a row's own item is left out of its activity features and blanked from its recent items; a
+    validation user's activity features (count, genre shares, recent items) come from their
+    training rows alone."""
     from conftest import copy_repo
 
     from retrieval import offline
@@ -188,7 +190,13 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
         prof, tmp_path / "art", TrainConfig(epochs=1, refit=False), training.SplitConfig()
     )
     assert artifacts.manifest(version)["split"]["train_features"].startswith("as of test_time")
-    assert (seen["users"]["numeric"][:, 1] == 1).all()  # every row sees its user's history
+    _, inverse, per_user = torch.unique(
+        seen["users"]["user_id"], return_inverse=True, return_counts=True
+    )
+    others = (per_user[inverse] - 1).float()  # each row's user's other training rows
+    assert (others == 0).any() and (others > 0).any()
+    assert torch.equal(seen["users"]["numeric"][:, 1], (others > 0).float())  # history: the others
+    assert torch.allclose(seen["users"]["numeric"][:, 0], torch.log1p(others))  # not the row
     labels = seen["items"] + 1  # catalogue row r holds item r + 1
     assert not (seen["users"]["recent_items"] == labels[:, None]).any()
     val = seen["validation"]
