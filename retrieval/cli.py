@@ -129,8 +129,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     metrics, k = manifest["metrics"], cfg.k
     text = "pretrained text" if manifest["vocab"]["text_dim"] else "hashed words"
     print(f"trained: best epoch {metrics['best_epoch']}, validation recall@{k} "
-          f"{metrics[f'val_recall@{k}']:.4f}; item inputs {'+'.join(manifest['item_inputs'])} "
-          f"(text: {text}) -> {version} (now latest)")  # fmt: skip
+          f"{metrics[f'val_recall@{k}']:.4f}, NDCG@{k} {metrics[f'val_ndcg@{k}']:.4f}; "
+          f"item inputs {'+'.join(manifest['item_inputs'])} (text: {text}) -> {version} "
+          "(now latest)")  # fmt: skip
 
 
 def cmd_index(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp_sparse
 import torch
 
-from retrieval import artifacts, index, metrics, store
+from retrieval import artifacts, index, store
 from retrieval.ranking import catalogue_items, ncf_candidates
 from retrieval.training import (
     Split,
@@ -32,6 +32,7 @@ from retrieval.training import (
     user_features,
     vocab_of,
 )
+from towers import metrics
 from towers import nn as tnn
 from towers.inputs import Vocab
 from towers.ranker import Ranker
@@ -123,23 +124,30 @@ def ials_scores(train: pd.DataFrame, row_of: dict[int, int], users: np.ndarray,
     return scores
 
 
+def ials_grid(sp: Split, row_of: dict[int, int], cfg: EvalConfig) -> dict:
+    """iALS's factors and regularization with the best validation recall@20 (fit on the training
+    rows), and its validation recall@20 and NDCG@20."""
+    val = protocol(sp.train, sp.validation, row_of)
+    best: dict = {"val_recall@20": -1.0}
+    for factors in cfg.ials_factors:
+        for reg in cfg.ials_regularization:
+            scores = ials_scores(sp.train, row_of, val.users, factors, reg, cfg.ials_iterations)
+            top = top_k(scores, val.exclude, 20)
+            recall = metrics.recall_at_k(top, val.relevant, 20)
+            if recall > best["val_recall@20"]:
+                best = {"factors": factors, "regularization": reg, "val_recall@20": recall,
+                        "val_ndcg@20": metrics.ndcg_at_k(top, val.relevant, 20)}  # fmt: skip
+    return best
+
+
 def tuned_ials(
     sp: Split, row_of: dict[int, int], cfg: EvalConfig, users: np.ndarray
 ) -> tuple[np.ndarray, dict]:
     """Pick factors and regularization by validation recall@20, then refit on train+validation."""
-    val = protocol(sp.train, sp.validation, row_of)
-    best, chosen = -1.0, {}
-    for factors in cfg.ials_factors:
-        for reg in cfg.ials_regularization:
-            scores = ials_scores(sp.train, row_of, val.users, factors, reg, cfg.ials_iterations)
-            recall = metrics.recall_at_k(top_k(scores, val.exclude, 20), val.relevant, 20)
-            if recall > best:
-                best, chosen = recall, {"factors": factors, "regularization": reg}
-    before = before_test(sp)
-    scores = ials_scores(
-        before, row_of, users, chosen["factors"], chosen["regularization"], cfg.ials_iterations
-    )
-    return scores, {**chosen, "val_recall@20": best}
+    chosen = ials_grid(sp, row_of, cfg)
+    scores = ials_scores(before_test(sp), row_of, users, chosen["factors"],
+                         chosen["regularization"], cfg.ials_iterations)  # fmt: skip
+    return scores, chosen
 
 
 def scored(top: list[list[int]], proto: Protocol, temporal: bool) -> dict:

@@ -210,6 +210,14 @@ def training_users(
 
 
 @dataclass(frozen=True)
+class Shapes:
+    """Overrides of the towers' configs (field name -> value), beside what the data fixes."""
+
+    user: dict = dataclasses.field(default_factory=dict)
+    item: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class World:
     """What every training run on one split shares: the store, the vocabulary, the catalogue."""
 
@@ -220,6 +228,7 @@ class World:
     row_of: dict[int, int]  # item id -> catalogue row
     hidden: frozenset[int]  # items held out of training entirely
     as_of: pd.Timestamp | None  # where the rows carry no time: user features as of this time
+    shapes: Shapes
 
 
 @dataclass
@@ -241,10 +250,10 @@ def modalities_of(vocab: Vocab) -> tuple[str, ...]:
 
 
 def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
-        modalities: tuple[str, ...] | None = None,
-        hidden: frozenset[int] = frozenset()) -> Fitted:  # fmt: skip
+        modalities: tuple[str, ...] | None = None, hidden: frozenset[int] = frozenset(),
+        shapes: Shapes | None = None) -> Fitted:  # fmt: skip
     """Both towers trained on the repository's offline data (the item tower on `modalities`,
-    default every input the catalogue has),
+    default every input the catalogue has; `shapes` overrides the towers' configs),
     the `hidden` items kept out of training, validation and the users' recent items: early
     stopping on validation, then (`cfg.refit`) afresh on training and validation rows for the
     best number of epochs."""
@@ -264,9 +273,8 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
     modalities = modalities or modalities_of(vocab)
     row_of = rows_of(catalogue["item_id"])
     as_of = sp.test_time if timeless(sp) else None
-    world = World(
-        feast_store, vocab, catalogue, item_inputs(catalogue, vocab), row_of, hidden, as_of
-    )
+    items = item_inputs(catalogue, vocab)
+    world = World(feast_store, vocab, catalogue, items, row_of, hidden, as_of, shapes or Shapes())
     began = time.perf_counter()
     validation = validation_set(feast_store, sp, vocab, catalogue, hidden)
     user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities)
@@ -292,13 +300,13 @@ def _towers(
     )
     counts = np.bincount([row_of[i] for i in rows["item_id"]], minlength=len(row_of)) + 1.0
     torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
-    user_tower = UserTower(
-        UserTowerConfig(vocab.num_items, len(vocab.genres), num_users=vocab.num_users)
-    )
+    user_tower = UserTower(UserTowerConfig(
+        vocab.num_items, len(vocab.genres), num_users=vocab.num_users, **world.shapes.user
+    ))  # fmt: skip
     item_tower = ItemTower(ItemTowerConfig(
         vocab.num_items, len(vocab.genres), modalities=modalities,
         text_dim=vocab.text_dim if "text" in modalities else 0,
-        image_dim=vocab.image_dim if "image" in modalities else 0,
+        image_dim=vocab.image_dim if "image" in modalities else 0, **world.shapes.item,
     ))  # fmt: skip
     result = train(
         user_tower, item_tower, users, torch.tensor([row_of[i] for i in frame["item_id"]]),

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from retrieval import metrics
+from towers import metrics
 
 TOP = [[1, 2, 3, 4], [5, 6, 7, 8]]
 RELEVANT = [{2, 9}, {5, 6, 7, 8, 10}]

@@ -12,7 +12,7 @@ from retrieval.synthetic import SyntheticConfig, generate
 from towers.features import training_frame
 from towers.inputs import Vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
-from towers.train import TrainConfig, Validation, embed, recall_at_k, train
+from towers.train import TrainConfig, Validation, embed, train, validate
 from towers.user_tower import UserTower, UserTowerConfig
 
 K = 10
@@ -74,9 +74,9 @@ def test_validation_recall_far_above_random(trained):
     _, result, _, _, validation, catalogue, _ = trained
     torch.manual_seed(0)
     n_users, n_items = len(validation.relevant), len(catalogue["item_id"])
-    random = recall_at_k(torch.randn(n_users, 8), torch.randn(n_items, 8), validation.relevant,
-                         validation.seen, K)  # fmt: skip
-    assert result[f"val_recall@{K}"] > 2.5 * random
+    random = validate(torch.randn(n_users, 8), torch.randn(n_items, 8), validation, K)
+    assert result[f"val_recall@{K}"] > 2.5 * random["recall"]
+    assert result[f"val_ndcg@{K}"] > 2.5 * random["ndcg"]
 
 
 def test_top_items_share_the_users_group(trained):

@@ -14,9 +14,10 @@ from retrieval import artifacts, indexing, store, training
 from retrieval.cli import run
 from towers import nn as tnn
 from towers.item_tower import ItemTower
-from towers.user_tower import UserTower
+from towers.user_tower import UserTower, UserTowerConfig
 
 SMALL = ["--users", "300", "--items", "80", "--interactions", "12000", "--groups", "4"]
+DIM = UserTowerConfig.dim  # the towers' output width
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_train_publishes_a_complete_version(world):
         tnn.load(UserTower, version, "user_tower"),
         tnn.load(ItemTower, version, "item_tower"),
     )
-    assert user.config.dim == item.config.dim == 64
+    assert user.config.dim == item.config.dim == DIM
     assert not list(root.glob(".incomplete-*"))
 
 
@@ -98,13 +99,13 @@ def test_index_stage_indexes_the_catalogue_exactly(world):
     info = json.loads((artifacts.latest(root) / "index.json").read_text())
     assert (info["count"], info["dimension"], info["factory"], info["recall"]) == (
         80,
-        64,
+        DIM,
         "IDMap,Flat",
         1.0,
     )
     assert info["model_version"] == artifacts.latest(root).name
     online = store.entity_features(store.profile(repo), "item", "1")  # the embedding, served
-    assert len(online["embedding"]) == 64 and online["model_version"] == info["model_version"]
+    assert len(online["embedding"]) == DIM and online["model_version"] == info["model_version"]
     assert abs(sum(x * x for x in online["embedding"]) - 1.0) < 1e-4
 
 
@@ -114,7 +115,7 @@ def test_nan_embeddings_stop_the_build_and_keep_the_previous_index(world, monkey
     before = (artifacts.latest(root) / "index.faiss").read_bytes()
 
     def nan_items(version, vocab, catalogue):
-        return np.full((len(catalogue), 64), np.nan)
+        return np.full((len(catalogue), DIM), np.nan)
 
     monkeypatch.setattr(indexing, "embed_items", nan_items)
     assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 1
@@ -183,7 +184,7 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
 
     def capture(user_tower, item_tower, users, item_rows, log_q, catalogue, validation, cfg):
         seen.update(users=users, items=item_rows, validation=validation)
-        return {"best_epoch": 1, "val_recall@20": 0.0, "history": []}
+        return {"best_epoch": 1, "val_recall@20": 0.0, "val_ndcg@20": 0.0, "history": []}
 
     monkeypatch.setattr(training, "train", capture)
     version = training.run(

@@ -6,10 +6,10 @@ import copy
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from towers import metrics
 from towers.item_tower import ItemTower
 from towers.losses import sampled_softmax_loss
 from towers.user_tower import UserTower
@@ -53,10 +53,17 @@ def embed(tower: torch.nn.Module, x: Inputs, batch: int = 8192) -> torch.Tensor:
     )
 
 
-def recall_at_k(users: torch.Tensor, items: torch.Tensor, relevant: list[set[int]],
-                seen: list[set[int]], k: int, chunk: int = 512) -> float:  # fmt: skip
-    """Mean over users of |top-k ∩ relevant| / |relevant|, items in `seen` excluded from ranking;
-    scored `chunk` users at a time (a million-item catalogue stays within memory)."""
+@dataclass
+class Validation:
+    users: Inputs  # one row per validation user
+    relevant: list[set[int]]  # catalogue row indices each user interacts with after the cut
+    seen: list[set[int]]  # catalogue row indices each user interacted with in training
+
+
+def top_rows(users: torch.Tensor, items: torch.Tensor, seen: list[set[int]], k: int,
+             chunk: int = 512) -> list[list[int]]:  # fmt: skip
+    """Each user's k best-scoring catalogue rows, rows in `seen` excluded; scored `chunk` users at
+    a time (a million-item catalogue stays within memory)."""
     top: list[list[int]] = []
     for start in range(0, len(users), chunk):
         scores = users[start : start + chunk] @ items.T  # (chunk, I)
@@ -64,9 +71,15 @@ def recall_at_k(users: torch.Tensor, items: torch.Tensor, relevant: list[set[int
             if done:
                 scores[row, list(done)] = float("-inf")
         top += scores.topk(min(k, items.shape[0]), dim=1).indices.tolist()
-    return float(
-        np.mean([len(set(t) & rel) / len(rel) for t, rel in zip(top, relevant, strict=True)])
-    )
+    return top
+
+
+def validate(users: torch.Tensor, items: torch.Tensor, validation: Validation,
+             k: int) -> dict[str, float]:  # fmt: skip
+    """Recall@k and NDCG@k of the embedded validation users over the embedded catalogue."""
+    top = top_rows(users, items, validation.seen, k)
+    return {"recall": metrics.recall_at_k(top, validation.relevant, k),
+            "ndcg": metrics.ndcg_at_k(top, validation.relevant, k)}  # fmt: skip
 
 
 def user_weights(user_ids: torch.Tensor, power: float) -> torch.Tensor:
@@ -74,13 +87,6 @@ def user_weights(user_ids: torch.Tensor, power: float) -> torch.Tensor:
     _, inverse, counts = torch.unique(user_ids, return_inverse=True, return_counts=True)
     weights = counts[inverse].double() ** -power
     return (weights / weights.mean()).float()
-
-
-@dataclass
-class Validation:
-    users: Inputs  # one row per validation user
-    relevant: list[set[int]]  # catalogue row indices each user interacts with after the cut
-    seen: list[set[int]]  # catalogue row indices each user interacted with in training
 
 
 def train(
@@ -134,20 +140,20 @@ def train(
             history.append(step)
             print(f"epoch {epoch + 1}: loss {total / n:.4f}, {n / seconds:,.0f} examples/s")
             continue
-        recall = recall_at_k(
-            embed(user_tower, validation.users), embed(item_tower, catalogue),
-            validation.relevant, validation.seen, cfg.k,
-        )  # fmt: skip
-        history.append({**step, "recall": recall})
-        print(f"epoch {epoch + 1}: loss {total / n:.4f}, val recall@{cfg.k} {recall:.4f}, "
-              f"{n / seconds:,.0f} examples/s")  # fmt: skip
-        if recall > best["recall"]:
+        scores = validate(
+            embed(user_tower, validation.users), embed(item_tower, catalogue), validation, cfg.k
+        )
+        history.append({**step, **scores})
+        print(f"epoch {epoch + 1}: loss {total / n:.4f}, val recall@{cfg.k} {scores['recall']:.4f}"
+              f" NDCG@{cfg.k} {scores['ndcg']:.4f}, {n / seconds:,.0f} examples/s")  # fmt: skip
+        if scores["recall"] > best["recall"]:
             state = (copy.deepcopy(user_tower.state_dict()), copy.deepcopy(item_tower.state_dict()))
-            best = {"recall": recall, "epoch": epoch + 1, "state": state}
+            best = {**scores, "epoch": epoch + 1, "state": state}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
     if validation is None:
         return {"epochs": cfg.epochs, "history": history}
     user_tower.load_state_dict(best["state"][0])
     item_tower.load_state_dict(best["state"][1])
-    return {"best_epoch": best["epoch"], f"val_recall@{cfg.k}": best["recall"], "history": history}
+    return {"best_epoch": best["epoch"], f"val_recall@{cfg.k}": best["recall"],
+            f"val_ndcg@{cfg.k}": best["ndcg"], "history": history}  # fmt: skip

@@ -1,0 +1,91 @@
+"""Validation sweep: the two-tower's validation recall@20 and NDCG@20 per epoch, for config changes
+against the defaults in the same run, with tuned iALS on the same validation rows as reference.
+
+    python benchmarks/validate.py --repo DIR [--epochs 30] [--variant NAME=JSON ...] [--out FILE]
+
+DIR is a feature repository after `ttr data`, `ttr content`, `ttr apply` and `ttr materialize`.
+A variant's JSON changes configs: {"train": {TrainConfig fields}, "user": {UserTowerConfig
+fields}, "item": {ItemTowerConfig fields}}, e.g. dim128='{"user": {"dim": 128}, "item": {"dim":
+128}}'. The defaults run first as the baseline. Every run trains all epochs (no early stopping, no
+refit), so the curves compare epoch by epoch; the best epoch is the one early stopping would keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from retrieval import evaluate, store, training
+from retrieval.offline import read_meta
+from towers.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def curve(prof: store.Profile, change: dict, epochs: int) -> dict:
+    """One training run with `change` applied: each epoch's validation metrics, and the best."""
+    cfg = TrainConfig(**{"epochs": epochs, **change.get("train", {}),
+                         "patience": epochs, "refit": False})  # fmt: skip
+    shapes = training.Shapes(change.get("user", {}), change.get("item", {}))
+    f = training.fit(prof, cfg, training.SplitConfig(), shapes=shapes)
+    history = [{k: step[k] for k in ("epoch", "recall", "ndcg", "examples_per_s")}
+               for step in f.result["history"]]  # fmt: skip
+    best = max(history, key=lambda step: step["recall"])
+    return {"change": change, "best_epoch": best["epoch"], "recall@20": best["recall"],
+            "ndcg@20": best["ndcg"], "history": history}  # fmt: skip
+
+
+def ials(prof: store.Profile) -> dict:
+    """iALS tuned as `ttr evaluate` tunes it, on the same split's validation rows."""
+    inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
+    sp = training.split(inter, read_meta(prof.offline_dir)["dataset"], training.SplitConfig())
+    items = pq.read_table(prof.offline_dir / "item_content.parquet", columns=["item_id"])
+    row_of = training.rows_of(items["item_id"].to_pylist())
+    return evaluate.ials_grid(sp, row_of, evaluate.EvalConfig())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "validate.json"))
+    args = parser.parse_args()
+    changes = {"defaults": {}}
+    for spec in args.variant:
+        name, _, text = spec.partition("=")
+        changes[name] = json.loads(text)
+    prof = store.profile(args.repo)
+    runs = {name: curve(prof, change, args.epochs) for name, change in changes.items()}
+    reference = ials(prof)
+    base = runs["defaults"]
+    print(f"{'variant':28s} {'best epoch':>10s} {'recall@20':>10s} {'NDCG@20':>8s} "
+          f"{'recall / defaults':>18s} {'NDCG / defaults':>16s}")  # fmt: skip
+    for name, r in runs.items():
+        print(f"{name:28s} {r['best_epoch']:>10d} {r['recall@20']:>10.4f} {r['ndcg@20']:>8.4f} "
+              f"{r['recall@20'] / base['recall@20']:>18.3f} "
+              f"{r['ndcg@20'] / base['ndcg@20']:>16.3f}")  # fmt: skip
+    print(f"{'iALS (tuned)':28s} {'':>10s} {reference['val_recall@20']:>10.4f} "
+          f"{reference['val_ndcg@20']:>8.4f}")  # fmt: skip
+    report = {
+        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "dataset": read_meta(prof.offline_dir)["dataset"], "epochs": args.epochs,
+        "ials": reference, "variants": runs,
+    }  # fmt: skip
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
