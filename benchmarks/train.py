@@ -1,6 +1,6 @@
 """Training-loop benchmark: examples/s of the two towers at ml-1m's shape, against id-only towers.
 
-    python benchmarks/train.py [--examples 200000] [--out FILE]
+    python benchmarks/train.py [--examples 200000] [--dim 128] [--out FILE]
 
 Inputs are random tensors shaped as `ttr train` builds them for ml-1m (3,953 item ids, 18 genres,
 20 recent items, title tokens, or the pretrained encoders' 384-d text and 1,280-d image vectors
@@ -26,7 +26,7 @@ from towers.train import TrainConfig, Validation, train
 from towers.user_tower import UserTower, UserTowerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-ITEMS, GENRES, EPOCH = 3_953, 18, 720_000
+ITEMS, GENRES, USERS, EPOCH = 3_953, 18, 6_040, 720_000
 TEXT_DIM, IMAGE_DIM = 384, 1_280  # all-MiniLM-L6-v2, EfficientNet-Lite0
 VARIANTS = {  # the item tower's config per variant
     "id only (baseline)": {"modalities": ("id",)},
@@ -41,6 +41,7 @@ VARIANTS = {  # the item tower's config per variant
 
 def inputs(n: int, g: torch.Generator) -> tuple[dict, dict]:
     users = {
+        "user_id": torch.randint(1, USERS + 1, (n,), generator=g),
         "age": torch.randint(0, 8, (n,), generator=g),
         **{k: torch.randint(0, 1024, (n,), generator=g) for k in ("gender", "occupation", "zip")},
         "numeric": torch.randn(n, 4, generator=g),
@@ -60,10 +61,10 @@ def inputs(n: int, g: torch.Generator) -> tuple[dict, dict]:
     return users, catalogue
 
 
-def rate(config: dict, users: dict, catalogue: dict, rows: torch.Tensor) -> float:
+def rate(config: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: int) -> float:
     torch.manual_seed(0)
-    user_tower = UserTower(UserTowerConfig(ITEMS, GENRES))
-    item_tower = ItemTower(ItemTowerConfig(ITEMS, GENRES, **config))
+    user_tower = UserTower(UserTowerConfig(ITEMS, GENRES, dim=dim))
+    item_tower = ItemTower(ItemTowerConfig(ITEMS, GENRES, dim=dim, **config))
     small = Validation({k: v[:100] for k, v in users.items()}, [{1}] * 100, [set()] * 100)
     result = train(user_tower, item_tower, users, rows, torch.zeros(ITEMS), catalogue, small,
                    TrainConfig(epochs=1, batch_size=1024))  # fmt: skip
@@ -73,12 +74,14 @@ def rate(config: dict, users: dict, catalogue: dict, rows: torch.Tensor) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=UserTowerConfig.dim, help="towers' width")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
     users, catalogue = inputs(args.examples, g)
     rows = torch.randint(0, ITEMS, (args.examples,), generator=g)
-    results = {name: rate(config, users, catalogue, rows) for name, config in VARIANTS.items()}
+    results = {name: rate(config, users, catalogue, rows, args.dim)
+               for name, config in VARIANTS.items()}  # fmt: skip
     print(f"{'item tower':48s} {'examples/s':>11s} {'ml-1m epoch s':>14s}")
     for name, r in results.items():
         print(f"{name:48s} {r:>11,.0f} {EPOCH / r:>14.1f}")
@@ -87,7 +90,7 @@ def main() -> None:
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
-        "examples": args.examples, "examples_per_s": results,
+        "examples": args.examples, "dim": args.dim, "examples_per_s": results,
         "ml1m_epoch_s": {name: EPOCH / r for name, r in results.items()},
     }  # fmt: skip
     Path(args.out).write_text(json.dumps(report, indent=2))
