@@ -24,7 +24,7 @@ MODALITIES = ("id", "categorical", "text", "image")
 class ItemTowerConfig:
     num_items: int
     num_genres: int
-    dim: int = 128  # output width, the user tower's
+    dim: int = 64  # output width, the user tower's
     embed: int = 64  # width of the id and text embeddings before projection
     id_dropout: float = 0.2  # share of training rows whose id embedding is replaced by "unknown"
     text_dim: int = 0  # width of the precomputed text vector; 0: hashed words instead
