@@ -301,10 +301,11 @@ def _towers(
     counts = np.bincount([row_of[i] for i in rows["item_id"]], minlength=len(row_of)) + 1.0
     torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
     user_tower = UserTower(UserTowerConfig(
-        vocab.num_items, len(vocab.genres), num_users=vocab.num_users, **world.shapes.user
+        vocab.num_items, len(vocab.genres), dim=cfg.dim, num_users=vocab.num_users,
+        **world.shapes.user,
     ))  # fmt: skip
     item_tower = ItemTower(ItemTowerConfig(
-        vocab.num_items, len(vocab.genres), modalities=modalities,
+        vocab.num_items, len(vocab.genres), dim=cfg.dim, modalities=modalities,
         text_dim=vocab.text_dim if "text" in modalities else 0,
         image_dim=vocab.image_dim if "image" in modalities else 0, **world.shapes.item,
     ))  # fmt: skip

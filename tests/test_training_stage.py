@@ -17,7 +17,7 @@ from towers.item_tower import ItemTower
 from towers.user_tower import UserTower, UserTowerConfig
 
 SMALL = ["--users", "300", "--items", "80", "--interactions", "12000", "--groups", "4"]
-DIM = UserTowerConfig.dim  # the towers' output width
+DIM = 32  # the towers' output width, --dim (not the default)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,8 @@ def world(tmp_path_factory):
         "2",
         "--batch-size",
         "256",
+        "--dim",
+        str(DIM),
         "--repo",
         str(repo),
         "--artifacts",
@@ -49,6 +51,7 @@ def test_train_publishes_a_complete_version(world):
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["dataset"] == "synthetic" and manifest["split"]["kind"] == "random"
     assert manifest["metrics"]["val_recall@20"] > 0 and manifest["train"]["epochs"] == 2
+    assert manifest["train"]["dim"] == DIM != UserTowerConfig.dim
     refit = manifest["metrics"]["refit"]  # afresh on training + validation rows, best epochs
     assert refit["epochs"] == manifest["metrics"]["best_epoch"] == len(refit["history"])
     user, item = (

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from towers import metrics
 from towers.item_tower import ItemTower
 from towers.losses import sampled_softmax_loss
-from towers.user_tower import UserTower
+from towers.user_tower import UserTower, UserTowerConfig
 
 Inputs = dict[str, torch.Tensor]
 
@@ -20,6 +20,7 @@ Inputs = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
+    dim: int = UserTowerConfig.dim  # both towers' output width (ml-1m takes 128 better)
     batch_size: int = 1024
     lr: float = 3e-3
     weight_decay: float = 1e-6
