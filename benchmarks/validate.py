@@ -5,9 +5,10 @@ against the defaults in the same run, with tuned iALS on the same validation row
 
 DIR is a feature repository after `ttr data`, `ttr content`, `ttr apply` and `ttr materialize`.
 A variant's JSON changes configs: {"train": {TrainConfig fields}, "user": {UserTowerConfig
-fields}, "item": {ItemTowerConfig fields}}, e.g. dim128='{"user": {"dim": 128}, "item": {"dim":
-128}}'. The defaults run first as the baseline. Every run trains all epochs (no early stopping, no
-refit), so the curves compare epoch by epoch; the best epoch is the one early stopping would keep.
+fields but dim}, "item": {ItemTowerConfig fields but dim}}, e.g. dim128='{"train": {"dim": 128}}'
+(the towers' width is a training option). The defaults run first as the baseline. Every run
+trains all epochs (no early stopping, no refit), so the curves compare epoch by epoch; the best
+epoch is the one early stopping would keep.
 """
 
 from __future__ import annotations

@@ -203,7 +203,8 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
     if not table["item_id"].to_pandas().equals(items["item_id"]):
         raise TTRError(f"{TABLE} does not match item_content.parquet: run `ttr data` again")
     missing = missing_packages()
-    changed = [k for k in ("text", "image") if k not in missing and _stale(offline_dir, k, cfg)]
+    recorded = info(offline_dir)
+    changed = [k for k in ("text", "image") if k not in missing and _stale(recorded, k, cfg)]
     frame = current(items, source, table, changed).to_pandas()
     began = time.perf_counter()
     counts = {"text": 0, "image": 0}
@@ -235,7 +236,7 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
     if not new.equals(table):
         write_table(new, offline_dir / TABLE)
     without = {k: int((~frame[f"has_{k}"]).sum()) for k in ("text", "image")}
-    _record(offline_dir, cfg, missing, frame)
+    _record(offline_dir, recorded, cfg, missing, frame)
     return Encoded(counts["text"], counts["image"], missing, time.perf_counter() - began, without)
 
 
@@ -259,11 +260,11 @@ def identity(kind: str, cfg: ContentConfig) -> dict:
     return {"encoder": name, "package": _version(PACKAGES[kind]), "settings": settings}
 
 
-def _stale(offline_dir: Path, kind: str, cfg: ContentConfig) -> bool:
-    """Whether the stored vectors of `kind` came from another encoder than the installed one."""
-    recorded = info(offline_dir).get(kind, {})
-    now = identity(kind, cfg)
-    return recorded.get("items", 0) > 0 and any(recorded.get(k) != v for k, v in now.items())
+def _stale(recorded: dict, kind: str, cfg: ContentConfig) -> bool:
+    """Whether the stored vectors of `kind` came from another encoder than the installed one
+    (`recorded`: content.json as read)."""
+    was = recorded.get(kind, {})
+    return was.get("items", 0) > 0 and any(was.get(k) != v for k, v in identity(kind, cfg).items())
 
 
 def current(items: pd.DataFrame, source: Path | None, table: pa.Table,
@@ -279,13 +280,12 @@ def current(items: pd.DataFrame, source: Path | None, table: pa.Table,
     return fresh
 
 
-def _record(offline_dir: Path, cfg: ContentConfig, missing: dict[str, str],
+def _record(offline_dir: Path, recorded: dict, cfg: ContentConfig, missing: dict[str, str],
             frame: pd.DataFrame) -> None:  # fmt: skip
     """content.json: each encoder's name, package version, settings and width, and how many items
-    have a vector; a kind whose package is not installed keeps what was recorded of it."""
+    have a vector; a kind whose package is not installed keeps what was `recorded` of it."""
     from retrieval.offline import write_text
 
-    recorded = info(offline_dir)
     for kind, dim in {"text": TEXT_DIM, "image": IMAGE_DIM}.items():
         have = int(frame[f"has_{kind}"].sum())
         now = recorded.get(kind, {}) if kind in missing else identity(kind, cfg)
