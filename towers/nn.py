@@ -18,22 +18,27 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
     for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(d_in, d_out))
         if i < len(sizes) - 2:
-            layers += [nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.ReLU(), Dropout(dropout)]
     return nn.Sequential(*layers)
 
 
-class HalfDropout(nn.Module):
-    """Dropout with p = 1/2, its mask drawn as random bits, eight elements per random byte:
-    `nn.Dropout` draws a float per element, 17 ms per step on a 1,024 x 1,664 batch of content
-    vectors here against 3.7 ms this way."""
+class Dropout(nn.Module):
+    """Dropout whose mask comes from random bytes, eight drawn per 64-bit random number (`p` is
+    rounded to a multiple of 1/256). `nn.Dropout` draws a float per element: on a 1,024 x 1,664
+    batch of content vectors 23.6 ms per step forward and back here against 4.7 ms this way, on
+    the user tower's 1,024 x 256 hidden layer 2.0 ms against 0.8 ms."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p, self.threshold = p, round(p * 256)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not self.training or self.threshold == 0:
             return x
-        rows, width = x.shape
-        bits = torch.randint(0, 256, (rows, (width + 7) // 8), dtype=torch.uint8)
-        mask = (bits[:, :, None] >> torch.arange(8, dtype=torch.uint8)) & 1
-        return x * mask.reshape(rows, -1)[:, :width] * 2
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64)
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
+        return torch.mul(x, keep).mul_(256 / (256 - self.threshold))
 
 
 @torch.no_grad()

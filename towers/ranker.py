@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from towers.inputs import AGE_EDGES, HASH_BUCKETS, YEAR_EDGES, scalar
-from towers.nn import known
+from towers.nn import Dropout, known
 
 Inputs = dict[str, torch.Tensor]
 
@@ -61,7 +61,7 @@ class Ranker(nn.Module):
         width = 2 * c.embed + 5 * c.side + 4 + 4 + 2 * c.num_genres + 1
         layers: list[nn.Module] = []
         for d_in, d_out in zip((width, *c.hidden[:-1]), c.hidden, strict=True):
-            layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(c.dropout)]
+            layers += [nn.Linear(d_in, d_out), nn.ReLU(), Dropout(c.dropout)]
         self.mlp = nn.Sequential(*layers)
         self.out = nn.Linear(c.gmf + c.hidden[-1] + 1, 1)
         for table in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):

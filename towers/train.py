@@ -41,7 +41,7 @@ class TrainConfig:
 
 
 def take(x: Inputs, rows: torch.Tensor) -> Inputs:
-    return {name: t[rows] for name, t in x.items()}
+    return {name: t.index_select(0, rows) for name, t in x.items()}
 
 
 @torch.no_grad()
