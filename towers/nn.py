@@ -32,6 +32,9 @@ class Dropout(nn.Module):
         super().__init__()
         self.p, self.threshold = p, round(p * 256)
 
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.threshold == 0:
             return x
