@@ -122,6 +122,39 @@ def test_training_rows_pool_a_sample_of_their_own_history_and_serving_pools_all(
     assert torch.equal(tower.eval()._history(recent), recent)
 
 
+def test_mean_pool_and_its_gradient_match_an_embedding_bag():
+    torch.manual_seed(0)
+    bag = torch.nn.EmbeddingBag(50, 4, mode="mean", padding_idx=0)
+    table = torch.nn.Embedding(50, 4, padding_idx=0)
+    table.weight.data.copy_(bag.weight.data)
+    ids = torch.randint(0, 50, (30, 12))
+    ids[ids % 3 == 0] = 0  # padding between and after the items
+    ids[0] = 0  # a row of padding alone
+    grad = torch.randn(30, 4)
+    bag(ids).backward(grad)
+    pooled = tnn.mean_pool(table, ids)
+    pooled.backward(grad)
+    assert torch.allclose(pooled, bag(ids), atol=1e-6) and not pooled[0].any()
+    assert torch.allclose(table.weight.grad, bag.weight.grad, atol=1e-6)
+    assert not table.weight.grad[0].any()  # padding learns nothing
+
+
+def test_the_pool_of_a_sampled_history_estimates_the_pool_of_all_of_it():
+    torch.manual_seed(0)
+    tower = UserTower(UserTowerConfig(num_items=100, num_genres=3, history_sample=8,
+                                      history_dropout=0.0))  # fmt: skip
+    row = torch.zeros(1, 40, dtype=torch.long)
+    row[0, :30] = torch.arange(1, 31)
+    row[0, [3, 17]] = 0  # items blanked mid-list (a training row's own item, held-out items)
+    table = tower.recent.weight.detach()
+    everything = table[row[0][row[0] != 0]].mean(0)
+    assert torch.allclose(tower.eval()._pooled(row)[0], everything, atol=1e-6)
+    tower.train()
+    draws = torch.cat([tower._pooled(row) for _ in range(4000)]).detach()
+    assert torch.allclose(draws.mean(0), everything, atol=0.02)
+    assert draws.std(0).mean() > 0.05  # each draw a different sample
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_dropout_zeroes_its_share_and_keeps_the_mean_only_in_training(p: float):
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -42,6 +43,33 @@ class Dropout(nn.Module):
         words = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64)
         keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
         return torch.mul(x, keep).mul_(256 / (256 - self.threshold))
+
+
+class _MeanPool(torch.autograd.Function):
+    """Rows of a table summed per bag with per-slot weights. The backward adds each slot's share
+    into the table with one `index_add_`: `nn.EmbeddingBag`'s sorting backward took 9-10 ms a
+    step for ml-1m's 1,024 x 64 recent items against 3.5-5 ms this way."""
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor):
+        ctx.save_for_backward(ids, weights)
+        ctx.rows = table.shape[0]
+        return F.embedding_bag(ids, table, mode="sum", per_sample_weights=weights)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        ids, weights = ctx.saved_tensors
+        shares = (weights[..., None] * grad[:, None, :]).reshape(-1, grad.shape[1])
+        table = grad.new_zeros(ctx.rows, grad.shape[1]).index_add_(0, ids.reshape(-1), shares)
+        return table, None, None
+
+
+def mean_pool(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """The mean of `table`'s rows for each row of `ids` (B, L), padding (id 0) left out: (B, d);
+    a row of padding alone pools to zeros."""
+    present = ids != 0
+    weights = (present / present.sum(1, keepdim=True).clamp(min=1)).to(table.weight.dtype)
+    return _MeanPool.apply(table.weight, ids, weights)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from towers.inputs import AGE_EDGES, HASH_BUCKETS
-from towers.nn import forget, known, mlp, unit
+from towers.nn import forget, known, mean_pool, mlp, unit
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class UserTower(nn.Module):
         self.categorical = nn.ModuleDict(
             {k: nn.Embedding(HASH_BUCKETS, c.embed) for k in ("gender", "occupation", "zip")}
         )
-        self.recent = nn.EmbeddingBag(c.num_items, c.item_embed, mode="mean", padding_idx=0)
+        self.recent = nn.Embedding(c.num_items, c.item_embed, padding_idx=0)
         width = 4 * c.embed + 4 + c.num_genres + c.item_embed
         if c.num_users:
             self.ids = nn.Embedding(c.num_users, c.item_embed, padding_idx=0)
@@ -47,7 +47,7 @@ class UserTower(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.age(x["age"])] + [emb(x[k]) for k, emb in self.categorical.items()]
-        parts += [x["numeric"], x["genre_shares"], self.recent(self._history(x["recent_items"]))]
+        parts += [x["numeric"], x["genre_shares"], self._pooled(x["recent_items"])]
         if self.config.num_users:
             ids = known(x["user_id"], self.config.num_users)
             if self.training and self.config.id_dropout > 0:
@@ -55,16 +55,25 @@ class UserTower(nn.Module):
             parts.append(self.ids(ids))
         return unit(self.mlp(torch.cat(parts, dim=1)))  # (B, dim)
 
+    def _pooled(self, recent: torch.Tensor) -> torch.Tensor:
+        """The mean embedding of the recent items (of a sample of them, in training)."""
+        return mean_pool(self.recent, self._history(recent))
+
     def _history(self, recent: torch.Tensor) -> torch.Tensor:
         """The recent items; in training a random sample of them, a random share hidden (as
         padding): the tower learns what else a user likes from any part of their history, not to
-        recognise the items it was shown. A mean over a sample estimates the mean over all."""
+        recognise the items it was shown. A mean over a sample estimates the mean over all: a
+        row whose items span more than `history_sample` columns draws that many columns with
+        replacement (a draw that lands on padding counts for nothing), a shorter row keeps all."""
         if not self.training:
             return recent
         c = self.config
         if 0 < c.history_sample < recent.shape[1]:
-            keys = torch.rand(recent.shape).masked_fill(recent == 0, 2.0)  # padding sorts last
-            recent = recent.gather(1, keys.topk(c.history_sample, largest=False).indices)
+            columns = torch.arange(recent.shape[1])
+            span = ((recent != 0) * (columns + 1)).amax(1, keepdim=True)  # (B, 1): to the last item
+            draws = (torch.rand(len(recent), c.history_sample) * span).long()
+            first = columns[: c.history_sample].expand_as(draws)
+            recent = recent.gather(1, torch.where(span > c.history_sample, draws, first))
         if c.history_dropout > 0:
             recent = recent.masked_fill(torch.rand(recent.shape) < c.history_dropout, 0)
         return recent
