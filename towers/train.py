@@ -126,13 +126,11 @@ def train(
             if cfg.extra_negatives:
                 extra = torch.randint(n_items, (cfg.extra_negatives,), generator=generator)
                 cand = torch.cat([cand, extra])
-            distinct, inverse, counts = torch.unique(cand, return_inverse=True, return_counts=True)
             u = user_tower(take(users, rows))
-            v = item_tower(take(catalogue, distinct))
+            v = item_tower(take(catalogue, cand))
             loss = sampled_softmax_loss(
-                u, v, cfg.logq * item_log_q[distinct], cfg.temperature,
-                inverse[: len(rows)], counts, weights[rows],
-            )  # fmt: skip
+                u, v, cfg.logq * item_log_q[cand], cfg.temperature, cand, weights[rows]
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
