@@ -37,13 +37,27 @@ def test_temperature_sharpens():
 
 def test_duplicate_positive_is_not_a_negative_and_extra_negatives_count():
     users = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    items = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # rows 0 and 1 share item 7
-    ids = torch.tensor([7, 7, 9])
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # both rows drew item 7; item 9 is extra
     # each row sees its positive (logit 1) and the extra negative (logit 0): log(1 + e^-1)
-    loss = sampled_softmax_loss(users, items, torch.zeros(3), temperature=1.0, item_ids=ids)
+    positives, counts = torch.tensor([0, 0]), torch.tensor([2, 1])
+    loss = sampled_softmax_loss(users, items, torch.zeros(2), 1.0, positives, counts)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
-    unmasked = sampled_softmax_loss(users, items, torch.zeros(3), temperature=1.0)
-    assert unmasked.item() == pytest.approx(math.log(2 + math.exp(-1)), abs=1e-6)
+
+
+def test_distinct_items_give_the_loss_over_the_batch_as_drawn():
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.tensor([4, 2, 4, 7, 2, 4, 9])  # five rows' positives, then two extra negatives
+    users, table = torch.randn(5, 3, generator=g), torch.randn(10, 3, generator=g)
+    log_q = torch.randn(10, generator=g)
+    expected = []  # row i against every drawn candidate, copies of its positive left out
+    for i in range(5):
+        keep = [j for j in range(7) if j == i or drawn[j] != drawn[i]]
+        logits = table[drawn[keep]] @ users[i] - log_q[drawn[keep]]
+        expected.append(torch.logsumexp(logits, 0) - logits[keep.index(i)])
+    distinct, inverse, counts = torch.unique(drawn, return_inverse=True, return_counts=True)
+    loss = sampled_softmax_loss(users, table[distinct], log_q[distinct], temperature=1.0,
+                                positives=inverse[:5], counts=counts)  # fmt: skip
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), abs=1e-5)
 
 
 def test_weights_scale_each_row():

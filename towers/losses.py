@@ -11,22 +11,29 @@ def sampled_softmax_loss(
     items: torch.Tensor,
     log_q: torch.Tensor,
     temperature: float = 0.05,
-    item_ids: torch.Tensor | None = None,
+    positives: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of each user's positive against every candidate (weighted by
     `weights` (B,) where given).
 
-    users (B, d) and items (C, d), C >= B: row i's positive is candidate i; candidates B.. are
-    extra negatives. log_q (C,) is each candidate's log sampling probability, subtracted from its
-    logit so that popular items are not over-penalised as negatives (Yi et al. 2019). With
-    item_ids (C,), a candidate that is the same item as a row's positive is not its negative.
+    users (B, d) and items (C, d): row i's positive is candidate `positives[i]` (default i; the
+    candidates no row takes are extra negatives). log_q (C,) is each candidate's log sampling
+    probability, subtracted from its logit so that popular items are not over-penalised as
+    negatives (Yi et al. 2019). Candidates may be the batch's distinct items, `counts` (C,) the
+    times each was drawn: a negative counts as often as it was drawn, a row's positive once (its
+    other copies are not its negatives). This is the loss over the batch as drawn, at the cost of
+    embedding each item once.
     """
     batch = users.shape[0]
+    if positives is None:
+        positives = torch.arange(batch, device=users.device)
     logits = users @ items.T / temperature - log_q  # (B, C)
-    if item_ids is not None:
-        same = item_ids[None, :] == item_ids[:batch, None]  # (B, C)
-        same[:, :batch] &= ~torch.eye(batch, dtype=torch.bool, device=users.device)
-        logits = logits.masked_fill(same, float("-inf"))
-    losses = F.cross_entropy(logits, torch.arange(batch, device=users.device), reduction="none")
+    if counts is not None:
+        log_counts = counts.to(logits.dtype).log()
+        logits = logits + log_counts
+        rows = torch.arange(batch, device=users.device)
+        logits = logits.index_put((rows, positives), -log_counts[positives], accumulate=True)
+    losses = F.cross_entropy(logits, positives, reduction="none")
     return losses.mean() if weights is None else (losses * weights).mean()

@@ -126,11 +126,13 @@ def train(
             if cfg.extra_negatives:
                 extra = torch.randint(n_items, (cfg.extra_negatives,), generator=generator)
                 cand = torch.cat([cand, extra])
+            distinct, inverse, counts = torch.unique(cand, return_inverse=True, return_counts=True)
             u = user_tower(take(users, rows))
-            v = item_tower(take(catalogue, cand))
+            v = item_tower(take(catalogue, distinct))
             loss = sampled_softmax_loss(
-                u, v, cfg.logq * item_log_q[cand], cfg.temperature, cand, weights[rows]
-            )
+                u, v, cfg.logq * item_log_q[distinct], cfg.temperature,
+                inverse[: len(rows)], counts, weights[rows],
+            )  # fmt: skip
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
