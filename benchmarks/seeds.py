@@ -1,0 +1,110 @@
+"""Seed spread: the two-tower's test Recall@20 over several training seeds, per config variant,
+against popularity and tuned iALS on the same test users, so that one seed's luck stops steering
+decisions.
+
+    python benchmarks/seeds.py --repo DIR [--seeds 0 1 2] [--variant NAME=JSON ...] [--out FILE]
+
+DIR is a feature repository after `ttr data`, `ttr content`, `ttr apply` and `ttr materialize`.
+Each run is `ttr train --seed S` (early stopping, then the refit) followed by `ttr evaluate
+--no-retrain`, in process, into a temporary artifacts directory. A variant's JSON changes
+TrainConfig fields, e.g. lr3='{"lr": 0.001}'; the defaults run first as the baseline. On temporal
+splits the table shows users with and without training history (warm, cold) beside all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from retrieval import evaluate, store, training
+from retrieval.offline import read_meta
+from towers.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUPS = ("all", "warm", "cold")
+
+
+def recalls(model: dict) -> dict[str, float]:
+    """Test Recall@20 of one model's `ttr evaluate` entry, over all users and per group."""
+    out = {"all": model["recall@20"]}
+    out.update({g: model[g]["recall@20"] for g in GROUPS[1:] if model.get(g, {}).get("users")})
+    return out
+
+
+def one_run(prof: store.Profile, change: dict, seed: int) -> dict:
+    """Train with `change` and `seed`, then evaluate on the test split: every model's recalls."""
+    with tempfile.TemporaryDirectory() as root:
+        cfg = TrainConfig(**{**change, "seed": seed})
+        training.run(prof, Path(root), cfg, training.SplitConfig())
+        result = evaluate.run(prof, Path(root), evaluate.EvalConfig(retrain=False))
+    return {name: recalls(model) for name, model in result["models"].items()}
+
+
+def summary(per_seed: dict[int, dict[str, float]]) -> dict:
+    """Mean and (n > 1) sample standard deviation per user group, and the worst seed's overall."""
+    out: dict = {}
+    for group in GROUPS:
+        values = [run[group] for run in per_seed.values() if group in run]
+        if values:
+            out[f"mean_{group}"] = statistics.fmean(values)
+            out[f"std_{group}"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    out["min_all"] = min(run["all"] for run in per_seed.values())
+    return out
+
+
+def print_table(variants: dict, reference: dict) -> None:
+    cols = [g for g in GROUPS if f"mean_{g}" in variants["defaults"]["summary"]]
+    print(f"{'model':34s} " + " ".join(f"{g + ' mean ± std':>18s}" for g in cols)
+          + f" {'worst seed':>10s} {'all / defaults':>14s}")  # fmt: skip
+    base = variants["defaults"]["summary"]["mean_all"]
+    for name, v in variants.items():
+        s = v["summary"]
+        cells = " ".join(f"{s[f'mean_{g}']:>10.4f} ± {s[f'std_{g}']:.4f}" for g in cols)
+        print(f"two-tower {name:24s} {cells} {s['min_all']:>10.4f} {s['mean_all'] / base:>14.3f}")
+    for name, r in reference.items():
+        cells = " ".join(f"{r[g]:>18.4f}" if g in r else f"{'':>18s}" for g in cols)
+        print(f"{name:34s} {cells}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seeds.json"))
+    args = parser.parse_args()
+    changes = {"defaults": {}}
+    for spec in args.variant:
+        name, _, text = spec.partition("=")
+        changes[name] = json.loads(text)
+    prof = store.profile(args.repo)
+    variants, reference = {}, {}
+    for name, change in changes.items():
+        runs = {seed: one_run(prof, change, seed) for seed in args.seeds}
+        reference = {m: r for m, r in runs[args.seeds[0]].items() if m in ("popularity", "ials")}
+        per_seed = {seed: run["two_tower"] for seed, run in runs.items()}
+        variants[name] = {"change": change, "seeds": per_seed, "summary": summary(per_seed)}
+    print_table(variants, reference)
+    report = {
+        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "dataset": read_meta(prof.offline_dir)["dataset"], "metric": "test Recall@20",
+        "reference": reference, "two_tower": variants,
+    }  # fmt: skip
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
