@@ -16,12 +16,14 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import torch
 
+import towers
 from towers.item_tower import ItemTower, ItemTowerConfig
 from towers.train import TrainConfig, Validation, train
 from towers.user_tower import UserTower, UserTowerConfig
@@ -79,6 +81,18 @@ def rate(config: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: in
     return result["history"][0]["examples_per_s"]
 
 
+def measured_commit() -> str:
+    """The commit of the `towers` package measured, `+dirty` where its checkout has changes."""
+
+    def git(*args: str) -> str:
+        folder = Path(towers.__file__).resolve().parent.parent
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True).stdout
+
+    return git("rev-parse", "--short", "HEAD").strip() + (
+        "+dirty" if git("status", "--porcelain") else ""
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200_000)
@@ -97,6 +111,7 @@ def main() -> None:
         print(f"{name:48s} {r:>11,.0f} {EPOCH / r:>14.1f}")
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "commit": measured_commit(),
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from towers import nn as tnn
 from towers.inputs import Vocab, categorical_inputs, item_inputs, user_inputs
@@ -62,6 +63,17 @@ def test_item_inputs_encode_gaps_and_unknown_ids():
     assert (
         x["year"][1] == 0 and (x["text"][1] == 0).all() and (x["text"][2] > 0).sum() == 7
     )  # heat 1995 a cop and a thief
+
+
+def test_item_inputs_standardise_each_content_vector_and_keep_a_missing_one_zero():
+    vocab = Vocab(genres=VOCAB.genres, num_items=10, text_dim=4)
+    vectors = [[1.0, 2.0, 3.0, 6.0], None, [0.0, 10.0, 20.0, 50.0]]  # the third: 10 x 1st - 10
+    x = item_inputs(ITEMS.assign(text_vector=vectors, has_text=[True, None, True]), vocab)
+    first, missing, third = x["text_vector"]
+    assert first.mean().item() == pytest.approx(0, abs=1e-6)
+    assert first.var(unbiased=False).item() == pytest.approx(1, abs=1e-4)
+    assert torch.allclose(first, third, atol=1e-4)  # scale and shift are gone
+    assert x["has_text"].tolist() == [1.0, 0.0, 1.0] and (missing == 0).all()
 
 
 def test_towers_give_unit_vectors_of_one_width():
@@ -199,6 +211,11 @@ def test_checkpoint_round_trip_gives_equal_outputs(cls, tmp_path):
     assert torch.equal(loaded(x), model(x))
     with pytest.raises(ValueError, match="not a"):
         tnn.load(ItemTower if cls == "user" else UserTower, tmp_path, cls)
+    weights = tmp_path / f"{cls}.safetensors"
+    state = load_file(weights)
+    save_file({f"old.{k}": v for k, v in state.items()}, weights)  # a layer renamed since
+    with pytest.raises(ValueError, match="another version of .*retrain"):
+        tnn.load(type(model), tmp_path, cls)
 
 
 def test_an_untrained_ranker_ranks_as_the_retrieval_stage():

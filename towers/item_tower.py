@@ -69,7 +69,7 @@ class ItemTower(nn.Module):
     def _projected(self, modality: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """The modality in the shared space. A pretrained vector is projected as it is, and the
         learned missing vector (in the shared space: no gradient then flows back through the
-        normalisation and dropout of a frozen input) stands in where an item has none."""
+        dropout of a frozen input) stands in where an item has none."""
         frozen = modality == "image" or (modality == "text" and self.config.text_dim > 0)
         if not frozen:
             return self.proj[modality](self._input(modality, x))
@@ -90,11 +90,9 @@ class ItemTower(nn.Module):
 
 
 def _frozen_input(width: int, dim: int) -> nn.Module:
-    """A pretrained encoder's vector into the shared space: normalised (encoders differ in scale;
-    no learned scale and shift, which the linear layer holds), half of it dropped out in training,
-    and projected linearly. A wider projection (an MLP, or no dropout) learned to tell the training
-    items apart by their vectors and ranked unseen items worse (ml-100k cold start: content-only
-    Recall@20 0.27 through an MLP, 0.33 linear, 0.37 linear with dropout)."""
-    return nn.Sequential(
-        nn.LayerNorm(width, elementwise_affine=False), Dropout(0.5), nn.Linear(width, dim)
-    )
+    """A pretrained encoder's vector (standardised with the inputs: `towers.inputs.standardised`)
+    into the shared space: half of it dropped out in training, and projected linearly. A wider
+    projection (an MLP, or no dropout) learned to tell the training items apart by their vectors
+    and ranked unseen items worse (ml-100k cold start: content-only Recall@20 0.27 through an
+    MLP, 0.33 linear, 0.37 linear with dropout)."""
+    return nn.Sequential(Dropout(0.5), nn.Linear(width, dim))

@@ -29,10 +29,12 @@ def sampled_softmax_loss(
     batch = users.shape[0]
     if positives is None:
         positives = torch.arange(batch, device=users.device)
-    logits = users @ items.T / temperature - log_q  # (B, C)
+    bias = -log_q  # per candidate, added to the scores in the one matrix product
     if counts is not None:
-        log_counts = counts.to(logits.dtype).log()
-        logits = logits + log_counts
+        log_counts = counts.to(users.dtype).log()
+        bias = bias + log_counts
+    logits = torch.addmm(bias, users, items.T, alpha=1 / temperature)  # (B, C)
+    if counts is not None:
         rows = torch.arange(batch, device=users.device)
         logits = logits.index_put((rows, positives), -log_counts[positives], accumulate=True)
     losses = F.cross_entropy(logits, positives, reduction="none")
