@@ -84,8 +84,9 @@ def dense(lists: pd.Series, width: int) -> torch.Tensor:
 
 def standardised(vectors: torch.Tensor) -> torch.Tensor:
     """Each row at zero mean and unit variance over its components (a row of zeros stays zeros):
-    encoders differ in scale. Done once per catalogue, not per training step (0.8 ms of a 29 ms
-    ml-1m step with pretrained text and image vectors)."""
+    encoders differ in scale. Done once per catalogue: as a LayerNorm in every training step it
+    cost ~2 ms of a ~29 ms ml-1m step (720 distinct items' text and image vectors, forward and
+    back)."""
     return torch.nn.functional.layer_norm(vectors, vectors.shape[1:])
 
 

@@ -115,10 +115,10 @@ def load(cls: Any, folder: Path, name: str) -> Any:
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
     model = cls(cls.Config(**fields))
     weights = load_file(folder / f"{name}.safetensors")
-    if set(weights) != set(model.state_dict()):
+    if mismatched := sorted(set(weights) ^ set(model.state_dict())):
         raise ValueError(
             f"{folder / name}: saved by another version of {cls.__name__} (its weights "
-            f"{sorted(set(weights) ^ set(model.state_dict()))[:4]} do not match); retrain it"
+            f"{mismatched[:4]} do not match); retrain it"
         )
     model.load_state_dict(weights, strict=True)
     return model.eval()
