@@ -65,6 +65,12 @@ def test_item_inputs_encode_gaps_and_unknown_ids():
     )  # heat 1995 a cop and a thief
 
 
+def test_recent_release_years_are_told_apart_and_old_ones_grouped():
+    years = item_inputs(ITEMS.assign(year=[1996, 1997, 1998]), VOCAB)["year"].tolist()
+    old = item_inputs(ITEMS.assign(year=[1921, 1923, 1926]), VOCAB)["year"].tolist()
+    assert len(set(years)) == 3 and old[0] == old[1] != old[2]
+
+
 def test_item_inputs_standardise_each_content_vector_and_keep_a_missing_one_zero():
     vocab = Vocab(genres=VOCAB.genres, num_items=10, text_dim=4)
     vectors = [[1.0, 2.0, 3.0, 6.0], None, [0.0, 10.0, 20.0, 50.0]]  # the third: 10 x 1st - 10
@@ -215,6 +221,10 @@ def test_checkpoint_round_trip_gives_equal_outputs(cls, tmp_path):
     state = load_file(weights)
     save_file({f"old.{k}": v for k, v in state.items()}, weights)  # a layer renamed since
     with pytest.raises(ValueError, match="another version of .*retrain"):
+        tnn.load(type(model), tmp_path, cls)
+    first = next(iter(state))
+    save_file({**state, first: torch.cat([state[first], state[first]])}, weights)  # resized since
+    with pytest.raises(ValueError, match=f"another version of .*{first}.*retrain"):
         tnn.load(type(model), tmp_path, cls)
 
 

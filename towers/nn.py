@@ -115,7 +115,10 @@ def load(cls: Any, folder: Path, name: str) -> Any:
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
     model = cls(cls.Config(**fields))
     weights = load_file(folder / f"{name}.safetensors")
-    if mismatched := sorted(set(weights) ^ set(model.state_dict())):
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    if mismatched := sorted(set(weights) ^ set(shapes)) or sorted(
+        k for k, v in weights.items() if v.shape != shapes[k]
+    ):
         raise ValueError(
             f"{folder / name}: saved by another version of {cls.__name__} (its weights "
             f"{mismatched[:4]} do not match); retrain it"
