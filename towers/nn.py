@@ -115,10 +115,9 @@ def load(cls: Any, folder: Path, name: str) -> Any:
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
     model = cls(cls.Config(**fields))
     weights = load_file(folder / f"{name}.safetensors")
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    if mismatched := sorted(set(weights) ^ set(shapes)) or sorted(
-        k for k, v in weights.items() if v.shape != shapes[k]
-    ):
+    stored = {k: v.shape for k, v in weights.items()}
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if mismatched := sorted(k for k in stored | expected if stored.get(k) != expected.get(k)):
         raise ValueError(
             f"{folder / name}: saved by another version of {cls.__name__} (its weights "
             f"{mismatched[:4]} do not match); retrain it"
