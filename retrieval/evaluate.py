@@ -50,6 +50,7 @@ ABLATION = {  # the image variant runs where posters have vectors (`ttr content`
     "id+categorical+text+image": ("id", "categorical", "text", "image"),
 }
 SIMILAR_K = 10
+ACTIVITY_GROUPS = 4  # quantile groups of the test users' count of earlier items
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,29 @@ def scored(top: list[list[int]], proto: Protocol, temporal: bool) -> dict:
     out = metrics.report(top, proto.relevant, K_VALUES)
     if temporal:
         for name, mask in (("warm", proto.warm), ("cold", ~proto.warm)):
-            part = [t for t, m in zip(top, mask, strict=True) if m]
-            rel = [r for r, m in zip(proto.relevant, mask, strict=True) if m]
-            out[name] = {
-                "users": len(part),
-                **(metrics.report(part, rel, K_VALUES) if part else {}),
-            }
+            out[name] = group(top, proto, mask)
+    return out
+
+
+def group(top: list[list[int]], proto: Protocol, mask: np.ndarray) -> dict:
+    """The metrics of the users `mask` picks, and their number."""
+    part = [t for t, m in zip(top, mask, strict=True) if m]
+    rel = [r for r, m in zip(proto.relevant, mask, strict=True) if m]
+    return {"users": len(part), **(metrics.report(part, rel, K_VALUES) if part else {})}
+
+
+def by_activity(top: list[list[int]], proto: Protocol, parts: int = ACTIVITY_GROUPS) -> dict:
+    """Metrics per group of users by their count of items before the test ("LO-HI", quantile
+    groups): a model can lead on light users and trail on heavy ones, whose many test items weigh
+    most in NDCG and precision."""
+    counts = np.array([len(e) for e in proto.exclude])
+    edges = np.unique(np.quantile(counts, np.linspace(0, 1, parts + 1)).astype(int))
+    highs = [*(edges[1:-1] - 1), counts.max()] if len(edges) > 1 else [counts.max()]
+    out = {}
+    for lo, hi in zip(edges, highs, strict=False):
+        mask = (counts >= lo) & (counts <= hi)
+        if mask.any():
+            out[f"{lo}-{hi}"] = group(top, proto, mask)
     return out
 
 
@@ -207,7 +225,8 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
         "dataset": manifest["dataset"],
         "split": {"kind": sp.kind, **asdict(split_cfg), **users_info},
         "model_version": manifest["version"], "ials": ials_params,
-        "models": {name: scored(top, proto, temporal) for name, top in tops.items()},
+        "models": {name: {**scored(top, proto, temporal), "by_activity": by_activity(top, proto)}
+                   for name, top in tops.items()},
     }  # fmt: skip
     if ranker is not None:
         result["ncf_protocol"] = ncf_protocol(sp.test, proto, row_of, scores, ranked, cfg.seed)
@@ -408,15 +427,16 @@ def ncf_protocol(test: pd.DataFrame, proto: Protocol, row_of: dict[int, int],
 
 
 def table(result: dict) -> str:
-    """Recall and NDCG at each k per model (and per warm/cold group on temporal splits)."""
+    """Recall and NDCG at each k per model, per warm/cold group on temporal splits and per group
+    of users by their count of earlier items."""
     cols = [f"{m}@{k}" for k in (10, 20) for m in ("recall", "ndcg")] + ["recall@100"]
     split_ = result["split"]
     title = f"{result['dataset']} ({split_['kind']} split, {split_['test_users']} test users)"
     lines = [title, f"{'model':26s}" + "".join(f"{c:>12s}" for c in cols)]
     for name, res in result["models"].items():
-        for group, values in [("", res)] + [
-            (f" {g}", res[g]) for g in ("warm", "cold") if g in res
-        ]:
+        groups = [(f" {g}", res[g]) for g in ("warm", "cold") if g in res]
+        groups += [(f" {span} items", v) for span, v in res.get("by_activity", {}).items()]
+        for group, values in [("", res), *groups]:
             if "recall@10" in values:
                 lines.append(f"{name + group:26s}" + "".join(f"{values[c]:>12.4f}" for c in cols))
     return "\n".join(lines)

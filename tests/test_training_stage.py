@@ -12,6 +12,7 @@ import torch
 
 from retrieval import artifacts, indexing, store, training
 from retrieval.cli import run
+from retrieval.evaluate import Protocol, by_activity
 from towers import nn as tnn
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower, UserTowerConfig
@@ -140,12 +141,18 @@ def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
             f"{m}@{k}" for m in ("recall", "ndcg", "precision", "f1") for k in (10, 20, 50, 100)
         }
     assert models["two_tower_ann"] == models["two_tower"]  # a Flat index is exact
+    for values in models.values():  # activity groups split the test users; their mean is the whole
+        groups = values["by_activity"].values()
+        assert len(groups) > 1 and sum(g["users"] for g in groups) == result["split"]["test_users"]
+        mean = sum(g["users"] * g["recall@20"] for g in groups) / result["split"]["test_users"]
+        assert mean == pytest.approx(values["recall@20"])
     assert models["two_tower"]["recall@20"] > models["popularity"]["recall@20"]  # planted groups
     ablation = result["ablation"]  # the towers retrained on each subset of item-tower inputs
     assert list(ablation) == ["id", "id+categorical", "id+categorical+text"]
     assert all(0 < variant["recall@20"] <= 1 for variant in ablation.values())
     assert len({variant["recall@20"] for variant in ablation.values()}) == 3  # distinct models
-    assert ablation["id+categorical+text"] == models["two_tower"]  # same inputs, same seed
+    same = {k: v for k, v in models["two_tower"].items() if k != "by_activity"}
+    assert ablation["id+categorical+text"] == same  # same inputs, same seed
     cold = result["cold_start"]  # 8 of 80 items never trained on: genre and group from content
     assert cold["items"] == 8 and cold["users"] > 20
     assert cold["two_tower"]["ndcg@10"] > cold["popularity"]["ndcg@10"]
@@ -222,3 +229,15 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     assert val.users["genre_shares"].numpy() == pytest.approx(
         shares.reindex(users, fill_value=0.0).to_numpy()
     )
+
+
+def test_activity_groups_split_users_by_their_earlier_items():
+    earlier = [0, 0, 0, 1, 2, 3, 9, 40]  # counts of items each user had before the test
+    proto = Protocol(
+        users=np.arange(8), relevant=[{100 + u} for u in range(8)],
+        exclude=[set(range(n)) for n in earlier], warm=np.array(earlier) > 0,
+    )  # fmt: skip
+    top = [[100 + u] if u >= 5 else [7] for u in range(8)]  # users with 3+ items get their hit
+    groups = by_activity(top, proto, parts=4)  # quartile edges 0, 0, 1.5, 4.5, 40 -> 0, 1, 4, 40
+    assert {span: g["users"] for span, g in groups.items()} == {"0-0": 3, "1-3": 3, "4-40": 2}
+    assert [g["recall@10"] for g in groups.values()] == [0.0, 1 / 3, 1.0]
