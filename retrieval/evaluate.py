@@ -156,6 +156,7 @@ def scored(top: list[list[int]], proto: Protocol, temporal: bool) -> dict:
     if temporal:
         for name, mask in (("warm", proto.warm), ("cold", ~proto.warm)):
             out[name] = group(top, proto, mask)
+    out["by_activity"] = by_activity(top, proto)
     return out
 
 
@@ -225,8 +226,7 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
         "dataset": manifest["dataset"],
         "split": {"kind": sp.kind, **asdict(split_cfg), **users_info},
         "model_version": manifest["version"], "ials": ials_params,
-        "models": {name: {**scored(top, proto, temporal), "by_activity": by_activity(top, proto)}
-                   for name, top in tops.items()},
+        "models": {name: scored(top, proto, temporal) for name, top in tops.items()},
     }  # fmt: skip
     if ranker is not None:
         result["ncf_protocol"] = ncf_protocol(sp.test, proto, row_of, scores, ranked, cfg.seed)
