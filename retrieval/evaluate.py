@@ -436,7 +436,7 @@ def table(result: dict) -> str:
     for name, res in result["models"].items():
         groups = [(f" {g}", res[g]) for g in ("warm", "cold") if g in res]
         groups += [(f" {span} items", v) for span, v in res.get("by_activity", {}).items()]
-        for group, values in [("", res), *groups]:
+        for label, values in [("", res), *groups]:
             if "recall@10" in values:
-                lines.append(f"{name + group:26s}" + "".join(f"{values[c]:>12.4f}" for c in cols))
+                lines.append(f"{name + label:26s}" + "".join(f"{values[c]:>12.4f}" for c in cols))
     return "\n".join(lines)
