@@ -173,7 +173,7 @@ def by_activity(top: list[list[int]], proto: Protocol, parts: int = ACTIVITY_GRO
     most in NDCG and precision."""
     counts = np.array([len(e) for e in proto.exclude])
     edges = np.unique(np.quantile(counts, np.linspace(0, 1, parts + 1)).astype(int))
-    highs = [*(edges[1:-1] - 1), counts.max()] if len(edges) > 1 else [counts.max()]
+    highs = [*(edges[1:-1] - 1), edges[-1]]  # each group ends before the next; the last at the max
     out = {}
     for lo, hi in zip(edges, highs, strict=False):
         mask = (counts >= lo) & (counts <= hi)
