@@ -1,14 +1,15 @@
 """Validation sweep: the two-tower's validation recall@20 and NDCG@20 per epoch, for config changes
 against the defaults in the same run, with tuned iALS on the same validation rows as reference.
 
-    python benchmarks/validate.py --repo DIR [--epochs 30] [--variant NAME=JSON ...] [--out FILE]
+    python benchmarks/validate.py --repo DIR [--epochs 30] [--dim D] [--variant NAME=JSON ...]
+        [--out FILE]
 
 DIR is a feature repository after `ttr data`, `ttr content`, `ttr apply` and `ttr materialize`.
 A variant's JSON changes configs: {"train": {TrainConfig fields}, "user": {UserTowerConfig
 fields but dim}, "item": {ItemTowerConfig fields but dim}}, e.g. dim128='{"train": {"dim": 128}}'
-(the towers' width is a training option). The defaults run first as the baseline. Every run
-trains all epochs (no early stopping, no refit), so the curves compare epoch by epoch; the best
-epoch is the one early stopping would keep.
+(the towers' width is a training option; --dim sets it for every run). The defaults run first as
+the baseline. Every run trains all epochs (no early stopping, no refit), so the curves compare
+epoch by epoch; the best epoch is the one early stopping would keep.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from towers.train import TrainConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def curve(prof: store.Profile, change: dict, epochs: int) -> dict:
+def curve(prof: store.Profile, change: dict, epochs: int, dim: int) -> dict:
     """One training run with `change` applied: each epoch's validation metrics, and the best."""
-    cfg = TrainConfig(**{"epochs": epochs, **change.get("train", {}),
+    cfg = TrainConfig(**{"epochs": epochs, "dim": dim, **change.get("train", {}),
                          "patience": epochs, "refit": False})  # fmt: skip
     shapes = training.Shapes(change.get("user", {}), change.get("item", {}))
     f = training.fit(prof, cfg, training.SplitConfig(), shapes=shapes)
@@ -57,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--dim", type=int, default=TrainConfig.dim, help="the towers' width")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "validate.json"))
     args = parser.parse_args()
@@ -65,7 +67,7 @@ def main() -> None:
         name, _, text = spec.partition("=")
         changes[name] = json.loads(text)
     prof = store.profile(args.repo)
-    runs = {name: curve(prof, change, args.epochs) for name, change in changes.items()}
+    runs = {name: curve(prof, change, args.epochs, args.dim) for name, change in changes.items()}
     reference = ials(prof)
     base = runs["defaults"]
     print(f"{'variant':28s} {'best epoch':>10s} {'recall@20':>10s} {'NDCG@20':>8s} "
@@ -81,7 +83,7 @@ def main() -> None:
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
-        "dataset": read_meta(prof.offline_dir)["dataset"], "epochs": args.epochs,
+        "dataset": read_meta(prof.offline_dir)["dataset"], "epochs": args.epochs, "dim": args.dim,
         "ials": reference, "variants": runs,
     }  # fmt: skip
     Path(args.out).write_text(json.dumps(report, indent=2))
