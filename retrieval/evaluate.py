@@ -432,11 +432,12 @@ def table(result: dict) -> str:
     cols = [f"{m}@{k}" for k in (10, 20) for m in ("recall", "ndcg")] + ["recall@100"]
     split_ = result["split"]
     title = f"{result['dataset']} ({split_['kind']} split, {split_['test_users']} test users)"
-    lines = [title, f"{'model':26s}" + "".join(f"{c:>12s}" for c in cols)]
+    rows = []
     for name, res in result["models"].items():
         groups = [(f" {g}", res[g]) for g in ("warm", "cold") if g in res]
         groups += [(f" {span} items", v) for span, v in res.get("by_activity", {}).items()]
-        for label, values in [("", res), *groups]:
-            if "recall@10" in values:
-                lines.append(f"{name + label:26s}" + "".join(f"{values[c]:>12.4f}" for c in cols))
+        rows += [(name + label, v) for label, v in [("", res), *groups] if "recall@10" in v]
+    width = max([26, *(len(label) + 2 for label, _ in rows)])
+    lines = [title, f"{'model':{width}s}" + "".join(f"{c:>12s}" for c in cols)]
+    lines += [f"{label:{width}s}" + "".join(f"{v[c]:>12.4f}" for c in cols) for label, v in rows]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from towers.losses import sampled_softmax_loss
-from towers.train import user_weights
+from towers.train import Positives, user_weights
 
 EYE = torch.eye(2)
 
@@ -73,3 +73,26 @@ def test_user_weights_even_out_users():
     assert weights.mean().item() == pytest.approx(1.0)
     assert weights[4].item() == pytest.approx(2 * weights[0].item())
     assert torch.equal(user_weights(ids, 0.0), torch.ones(5))
+
+
+def test_an_excluded_candidate_is_no_negative():
+    # row 0's only negative is excluded: its loss is -log(e / e) = 0; row 1 as before, 0.31326
+    excluded = torch.tensor([[False, True], [False, False]])
+    loss = sampled_softmax_loss(EYE, EYE, torch.zeros(2), temperature=1.0, excluded=excluded)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("dense_limit", [0, 1 << 10])  # grouped by user, a table of flags
+def test_positives_mark_each_rows_user_items_among_the_candidates(dense_limit):
+    users = torch.tensor([2, 5, 2, 2, 5, 7])  # training rows (user, catalogue row)
+    items = torch.tensor([0, 1, 3, 4, 3, 1])  # user 2: rows 0, 3, 4; user 5: 1, 3; user 7: 1
+    positives = Positives(users, items, n_items=6, dense_limit=dense_limit)
+    assert (positives.table is None) == (dense_limit == 0)
+    marked = positives.among(torch.tensor([5, 2, 3, 2]), torch.tensor([3, 1, 0, 5]))
+    assert marked.tolist() == [
+        [True, True, False, False],  # user 5
+        [True, False, True, False],  # user 2 (row 4 is no candidate)
+        [False, False, False, False],  # user 3 has no training rows
+        [True, False, True, False],
+    ]
+    assert positives.among(torch.tensor([2]), torch.tensor([4])).tolist() == [[True]]

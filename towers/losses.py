@@ -14,6 +14,7 @@ def sampled_softmax_loss(
     positives: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    excluded: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of each user's positive against every candidate (weighted by
     `weights` (B,) where given).
@@ -24,7 +25,8 @@ def sampled_softmax_loss(
     negatives (Yi et al. 2019). Candidates may be the batch's distinct items, `counts` (C,) the
     times each was drawn: a negative counts as often as it was drawn, a row's positive once (its
     other copies are not its negatives). This is the loss over the batch as drawn, at the cost of
-    embedding each item once.
+    embedding each item once. `excluded` (B, C) marks candidates that are not a row's negatives
+    (its user's other positives); a row's own positive must not be marked.
     """
     batch = users.shape[0]
     if positives is None:
@@ -37,5 +39,7 @@ def sampled_softmax_loss(
     if counts is not None:
         rows = torch.arange(batch, device=users.device)
         logits = logits.index_put((rows, positives), -log_counts[positives], accumulate=True)
+    if excluded is not None:
+        logits = logits.masked_fill(excluded, float("-inf"))
     losses = F.cross_entropy(logits, positives, reduction="none")
     return losses.mean() if weights is None else (losses * weights).mean()

@@ -36,6 +36,10 @@ class TrainConfig:
     user_weight: float = 0.5  # examples weigh n^-user_weight, n their user's count: recall
     # averages over users, a loss over examples leans on the heaviest (0: all weigh the same;
     # ml-1m validation recall@20 after 6 epochs 0.2055 at 0, 0.2104 at 0.5, 0.2086 at 1)
+    mask_seen: bool = True  # a batch's items that the row's user has among their training rows
+    # are not the row's negatives: the target is ranked, as served, among the items the user has
+    # not seen (ml-1m, 128 wide: validation recall@20 / NDCG@20 0.2446 / 0.1999 against 0.2392 /
+    # 0.1917 without; test 0.2644 / 0.3910 against 0.2567 / 0.3753; iALS 0.2530 / 0.3852)
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
 
@@ -90,6 +94,42 @@ def user_weights(user_ids: torch.Tensor, power: float) -> torch.Tensor:
     return (weights / weights.mean()).float()
 
 
+class Positives:
+    """Each user's catalogue rows among the training rows, to mark a batch's candidates with: a
+    table of flags (user, row) where it fits in `dense_limit` bytes, else the rows grouped by user.
+    Marking 1,024 ml-1m rows' ~900 candidates (their users hold ~400k positives between them)
+    took 2 ms from the table and 11 ms from the groups (a sorted lookup of each pair, 60 ms)."""
+
+    def __init__(self, user_ids: torch.Tensor, item_rows: torch.Tensor, n_items: int,
+                 dense_limit: int = 1 << 26) -> None:  # fmt: skip
+        n_users = int(user_ids.max()) + 1
+        self.table = None
+        if n_users * n_items <= dense_limit:
+            self.table = torch.zeros(n_users, n_items, dtype=torch.bool)
+            self.table[user_ids, item_rows] = True
+            return
+        self.items = item_rows[torch.argsort(user_ids, stable=True)]
+        per_user = torch.bincount(user_ids, minlength=n_users)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_user.cumsum(0)])
+        self.column = torch.full((n_items,), -1, dtype=torch.long)
+
+    def among(self, user_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, C) bool: is catalogue row `candidates[c]` among user `user_ids[b]`'s positives."""
+        if self.table is not None:
+            return self.table[user_ids][:, candidates]
+        starts = self.offsets[user_ids]
+        lengths = self.offsets[user_ids + 1] - starts
+        owner = torch.repeat_interleave(torch.arange(len(user_ids)), lengths)
+        at = torch.arange(len(owner)) + (starts - lengths.cumsum(0) + lengths)[owner]
+        self.column[candidates] = torch.arange(len(candidates))
+        column = self.column[self.items[at]]
+        self.column[candidates] = -1
+        column[column < 0] = len(candidates)  # a spare column for the rows no candidate holds
+        out = torch.zeros(len(user_ids), len(candidates) + 1, dtype=torch.bool)
+        out[owner, column] = True
+        return out[:, :-1]
+
+
 def train(
     user_tower: UserTower,
     item_tower: ItemTower,
@@ -110,6 +150,7 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     n, n_items = len(item_rows), len(item_log_q)
     weights = user_weights(users["user_id"], cfg.user_weight)
+    positives = Positives(users["user_id"], item_rows, n_items) if cfg.mask_seen else None
     best = {"recall": -1.0, "epoch": -1, "state": None}
     history = []
     for epoch in range(cfg.epochs):
@@ -129,9 +170,14 @@ def train(
             distinct, inverse, counts = torch.unique(cand, return_inverse=True, return_counts=True)
             u = user_tower(take(users, rows))
             v = item_tower(take(catalogue, distinct))
+            labels = inverse[: len(rows)]
+            excluded = None
+            if positives is not None:
+                excluded = positives.among(users["user_id"][rows], distinct)
+                excluded[torch.arange(len(rows)), labels] = False
             loss = sampled_softmax_loss(
                 u, v, cfg.logq * item_log_q[distinct], cfg.temperature,
-                inverse[: len(rows)], counts, weights[rows],
+                labels, counts, weights[rows], excluded,
             )  # fmt: skip
             optimizer.zero_grad()
             loss.backward()
