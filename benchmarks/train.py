@@ -5,9 +5,11 @@
 Inputs are random tensors shaped as `ttr train` builds them for ml-1m (3,953 item ids, 18 genres,
 20 recent items, title tokens, or the pretrained encoders' 384-d text and 1,280-d image vectors
 where `ttr content` ran), so the loop is measured apart from Feast. The baseline in the same run is
-the same loop with id-only item towers (no categorical or text inputs); an ml-1m epoch is 800,000
-examples less the validation share, 720,000. The variants run in turn, `--repeats` rounds, and each
-reports its best round: the machine is shared, and what slows a round is other work on it.
+the same loop with id-only item towers (no categorical or text inputs), and the last variant
+trains the full towers with each row's user's other items masked out of its negatives
+(`--mask-seen true`: what the masks cost); an ml-1m epoch is 800,000 examples less the
+validation share, 720,000. The variants run in turn, `--repeats` rounds, and each reports its
+best round: the machine is shared, and what slows a round is other work on it.
 """
 
 from __future__ import annotations
@@ -31,14 +33,13 @@ from towers.user_tower import UserTower, UserTowerConfig
 ROOT = Path(__file__).resolve().parent.parent
 ITEMS, GENRES, USERS, EPOCH = 3_953, 18, 6_040, 720_000
 TEXT_DIM, IMAGE_DIM = 384, 1_280  # all-MiniLM-L6-v2, EfficientNet-Lite0
-VARIANTS = {  # the item tower's config per variant
-    "id only (baseline)": {"modalities": ("id",)},
-    "id+categorical+text (hashed words)": {"modalities": ("id", "categorical", "text")},
-    "id+categorical+text+image (pretrained vectors)": {
-        "modalities": ("id", "categorical", "text", "image"),
-        "text_dim": TEXT_DIM,
-        "image_dim": IMAGE_DIM,
-    },
+FULL = {"modalities": ("id", "categorical", "text", "image"), "text_dim": TEXT_DIM,
+        "image_dim": IMAGE_DIM}  # fmt: skip
+VARIANTS = {  # the item tower's config per variant, and changes to the training config
+    "id only (baseline)": {"item": {"modalities": ("id",)}},
+    "id+categorical+text (hashed words)": {"item": {"modalities": ("id", "categorical", "text")}},
+    "id+categorical+text+image (pretrained vectors)": {"item": FULL},
+    "the same, seen items masked out of negatives": {"item": FULL, "train": {"mask_seen": True}},
 }
 
 
@@ -71,13 +72,13 @@ def positives(n: int, g: torch.Generator) -> torch.Tensor:
     return 1 + torch.multinomial(weights, n, replacement=True, generator=g)
 
 
-def rate(config: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: int) -> float:
+def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: int) -> float:
     torch.manual_seed(0)
     user_tower = UserTower(UserTowerConfig(ITEMS, GENRES, dim=dim))
-    item_tower = ItemTower(ItemTowerConfig(ITEMS, GENRES, dim=dim, **config))
+    item_tower = ItemTower(ItemTowerConfig(ITEMS, GENRES, dim=dim, **variant["item"]))
     small = Validation({k: v[:100] for k, v in users.items()}, [{1}] * 100, [set()] * 100)
     result = train(user_tower, item_tower, users, rows, torch.zeros(ITEMS), catalogue, small,
-                   TrainConfig(epochs=1, batch_size=1024))  # fmt: skip
+                   TrainConfig(epochs=1, batch_size=1024, **variant.get("train", {})))  # fmt: skip
     return result["history"][0]["examples_per_s"]
 
 
@@ -103,8 +104,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     users, catalogue = inputs(args.examples, g)
     rows = positives(args.examples, g)
-    rounds = [{name: rate(config, users, catalogue, rows, args.dim)
-               for name, config in VARIANTS.items()} for _ in range(args.repeats)]  # fmt: skip
+    rounds = [{name: rate(variant, users, catalogue, rows, args.dim)
+               for name, variant in VARIANTS.items()} for _ in range(args.repeats)]  # fmt: skip
     results = {name: max(r[name] for r in rounds) for name in VARIANTS}
     print(f"{'item tower':48s} {'examples/s':>11s} {'ml-1m epoch s':>14s}")
     for name, r in results.items():
