@@ -312,7 +312,7 @@ def _towers(
     result = train(
         user_tower, item_tower, users, torch.tensor([row_of[i] for i in frame["item_id"]]),
         torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)), world.items,
-        validation, cfg,
+        validation, cfg, None if world.as_of is not None else _times(frame["event_timestamp"]),
     )  # fmt: skip
     untrained = torch.tensor(
         sorted(set(world.catalogue["item_id"]) - set(rows["item_id"])), dtype=torch.long
@@ -321,6 +321,11 @@ def _towers(
     strangers = np.setdiff1d(np.arange(vocab.num_users), rows["user_id"].unique())
     user_tower.forget(untrained, torch.from_numpy(strangers))
     return user_tower, item_tower, result
+
+
+def _times(stamps: pd.Series) -> torch.Tensor:
+    """Timestamps as int64 nanoseconds since the epoch."""
+    return torch.from_numpy(pd.DatetimeIndex(pd.to_datetime(stamps, utc=True)).asi8.copy())
 
 
 def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig) -> Path:

@@ -82,17 +82,24 @@ def test_an_excluded_candidate_is_no_negative():
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)) / 2, abs=1e-6)
 
 
-@pytest.mark.parametrize("dense_limit", [0, 1 << 10])  # grouped by user, a table of flags
-def test_positives_mark_each_rows_user_items_among_the_candidates(dense_limit):
-    users = torch.tensor([2, 5, 2, 2, 5, 7])  # training rows (user, catalogue row)
-    items = torch.tensor([0, 1, 3, 4, 3, 1])  # user 2: rows 0, 3, 4; user 5: 1, 3; user 7: 1
-    positives = Positives(users, items, n_items=6, dense_limit=dense_limit)
-    assert (positives.table is None) == (dense_limit == 0)
-    marked = positives.among(torch.tensor([5, 2, 3, 2]), torch.tensor([3, 1, 0, 5]))
-    assert marked.tolist() == [
-        [True, True, False, False],  # user 5
+@pytest.mark.parametrize("dense_limit", [0, 1 << 10])  # grouped by user, a table
+def test_positives_mark_what_each_rows_user_had_by_then(dense_limit):
+    users = torch.tensor([2, 5, 2, 2, 5, 7, 3])  # training rows (user, catalogue row, time)
+    items = torch.tensor([0, 1, 3, 4, 3, 1, 2])  # user 2: rows 0, 3, 4; user 5: 1, 3; user 7: 1
+    times = torch.tensor([10, 20, 30, 40, 50, 60, 70])
+    candidates = torch.tensor([3, 1, 0, 5])
+    timeless = Positives(users, items, n_items=6, dense_limit=dense_limit)
+    assert (timeless.first is None) == (dense_limit == 0)
+    assert timeless.among(torch.tensor([4, 0, 6, 3]), candidates).tolist() == [
+        [True, True, False, False],  # user 5: every one of their rows
         [True, False, True, False],  # user 2 (row 4 is no candidate)
-        [False, False, False, False],  # user 3 has no training rows
+        [False, False, False, False],  # user 3 has only row 2, no candidate
         [True, False, True, False],
     ]
-    assert positives.among(torch.tensor([2]), torch.tensor([4])).tolist() == [[True]]
+    timed = Positives(users, items, n_items=6, times=times, dense_limit=dense_limit)
+    assert timed.among(torch.tensor([4, 0, 2, 3]), candidates).tolist() == [
+        [False, True, False, False],  # user 5 at 50: row 1 (at 20) but not 3 (at 50 itself)
+        [False, False, False, False],  # user 2 at 10: nothing yet
+        [False, False, True, False],  # user 2 at 30: row 0
+        [True, False, True, False],  # user 2 at 40: rows 0 and 3
+    ]

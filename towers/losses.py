@@ -40,6 +40,6 @@ def sampled_softmax_loss(
         rows = torch.arange(batch, device=users.device)
         logits = logits.index_put((rows, positives), -log_counts[positives], accumulate=True)
     if excluded is not None:
-        logits = logits.masked_fill(excluded, float("-inf"))
+        logits.masked_fill_(excluded, float("-inf"))
     losses = F.cross_entropy(logits, positives, reduction="none")
     return losses.mean() if weights is None else (losses * weights).mean()

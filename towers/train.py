@@ -36,11 +36,13 @@ class TrainConfig:
     user_weight: float = 0.5  # examples weigh n^-user_weight, n their user's count: recall
     # averages over users, a loss over examples leans on the heaviest (0: all weigh the same;
     # ml-1m validation recall@20 after 6 epochs 0.2055 at 0, 0.2104 at 0.5, 0.2086 at 1)
-    mask_seen: bool = False  # a batch's items that the row's user has among their training
-    # rows are not the row's negatives: the target is ranked, as served, among the items the user
-    # has not seen. ml-1m (given split, 128 wide): validation recall@20 / NDCG@20 0.2446 / 0.1999
-    # against 0.2392 / 0.1917 without, test 0.2644 / 0.3910 against 0.2567 / 0.3753 (iALS 0.2530
-    # / 0.3852); ml-100k (temporal), test recall@20 over seeds 0-5: 0.1237 against 0.1359 without
+    mask_seen: bool = True  # a batch's items that the row's user had by the row's time (on
+    # splits without time order, every training item of theirs) are not the row's negatives: the
+    # target is ranked, as served, among the items the user has not seen. ml-1m (given split, 128
+    # wide): validation recall@20 / NDCG@20 0.2446 / 0.1999 against 0.2392 / 0.1917 without,
+    # test 0.2644 / 0.3910 against 0.2567 / 0.3753 (iALS 0.2530 / 0.3852); ml-100k (temporal),
+    # test recall@20 over seeds 0-5 0.1417 against 0.1359 (masking the user's later items too:
+    # 0.1237)
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
 
@@ -96,28 +98,44 @@ def user_weights(user_ids: torch.Tensor, power: float) -> torch.Tensor:
 
 
 class Positives:
-    """Each user's catalogue rows among the training rows, to mark a batch's candidates with: a
-    table of flags (user, row) where it fits in `dense_limit` bytes, else the rows grouped by user.
-    Marking 1,024 ml-1m rows' ~900 candidates (their users hold ~400k positives between them)
-    took 2 ms from the table and 11 ms from the groups (a sorted lookup of each pair, 60 ms)."""
+    """Which of a batch's candidates each training row's user had by the row's time: the rows
+    before it in `times` (without times, every one of the user's rows). Read from a table of each
+    (user, item)'s first position in time where it fits in `dense_limit` bytes, else from the rows
+    grouped by user. Marking 1,024 ml-1m rows' ~900 candidates (their users hold ~400k positives
+    between them) took 2 ms from a table and 11 ms from the groups."""
 
-    def __init__(self, user_ids: torch.Tensor, item_rows: torch.Tensor, n_items: int,
-                 dense_limit: int = 1 << 26) -> None:  # fmt: skip
+    def __init__(
+        self,
+        user_ids: torch.Tensor,
+        item_rows: torch.Tensor,
+        n_items: int,
+        times: torch.Tensor | None = None,
+        dense_limit: int = 1 << 27,
+    ) -> None:
+        if times is None:
+            ranks, self.row_ranks = torch.zeros_like(user_ids), torch.ones_like(user_ids)
+        else:
+            ranks = self.row_ranks = torch.unique(times, return_inverse=True)[1]
+        self.user_ids = user_ids
         n_users = int(user_ids.max()) + 1
-        self.table = None
-        if n_users * n_items <= dense_limit:
-            self.table = torch.zeros(n_users, n_items, dtype=torch.bool)
-            self.table[user_ids, item_rows] = True
+        self.first = None
+        if n_users * n_items * 4 <= dense_limit:
+            first = torch.full((n_users * n_items,), torch.iinfo(torch.int32).max)
+            first.scatter_reduce_(0, user_ids * n_items + item_rows, ranks, "amin")
+            self.first = first.view(n_users, n_items).int()
             return
-        self.items = item_rows[torch.argsort(user_ids, stable=True)]
+        order = torch.argsort(user_ids, stable=True)
+        self.items, self.ranks = item_rows[order], ranks[order]
         per_user = torch.bincount(user_ids, minlength=n_users)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_user.cumsum(0)])
         self.column = torch.full((n_items,), -1, dtype=torch.long)
 
-    def among(self, user_ids: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """(B, C) bool: is catalogue row `candidates[c]` among user `user_ids[b]`'s positives."""
-        if self.table is not None:
-            return self.table[user_ids][:, candidates]
+    def among(self, rows: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """(B, C) bool: had training row `rows[b]`'s user catalogue row `candidates[c]` by then."""
+        user_ids, by = self.user_ids[rows], self.row_ranks[rows]
+        if self.first is not None:
+            pairs = user_ids[:, None] * self.first.shape[1] + candidates[None, :]
+            return self.first.view(-1)[pairs] < by[:, None]
         starts = self.offsets[user_ids]
         lengths = self.offsets[user_ids + 1] - starts
         owner = torch.repeat_interleave(torch.arange(len(user_ids)), lengths)
@@ -125,7 +143,8 @@ class Positives:
         self.column[candidates] = torch.arange(len(candidates))
         column = self.column[self.items[at]]
         self.column[candidates] = -1
-        column[column < 0] = len(candidates)  # a spare column for the rows no candidate holds
+        spare = (column < 0) | (self.ranks[at] >= by[owner])  # no candidate, or not yet had
+        column[spare] = len(candidates)  # a spare column, dropped
         out = torch.zeros(len(user_ids), len(candidates) + 1, dtype=torch.bool)
         out[owner, column] = True
         return out[:, :-1]
@@ -140,18 +159,21 @@ def train(
     catalogue: Inputs,
     validation: Validation | None,
     cfg: TrainConfig,
+    times: torch.Tensor | None = None,
 ) -> dict:
     """Fit both towers on positive pairs (row i of `users`, row `item_rows[i]` of `catalogue`);
     `item_log_q[r]` is the log sampling probability of catalogue row r. With a `validation` set,
     keeps the weights of the epoch with the best validation recall@k and stops after `patience`
-    epochs without progress; without one, runs every epoch and keeps the last."""
+    epochs without progress; without one, runs every epoch and keeps the last. `times` (each
+    row's time, int64) tell `cfg.mask_seen` which items a row's user had by then; without them,
+    every training item of the user counts as had."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     params = list(user_tower.parameters()) + list(item_tower.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     n, n_items = len(item_rows), len(item_log_q)
     weights = user_weights(users["user_id"], cfg.user_weight)
-    positives = Positives(users["user_id"], item_rows, n_items) if cfg.mask_seen else None
+    positives = Positives(users["user_id"], item_rows, n_items, times) if cfg.mask_seen else None
     best = {"recall": -1.0, "epoch": -1, "state": None}
     history = []
     for epoch in range(cfg.epochs):
@@ -174,7 +196,7 @@ def train(
             labels = inverse[: len(rows)]
             excluded = None
             if positives is not None:
-                excluded = positives.among(users["user_id"][rows], distinct)
+                excluded = positives.among(rows, distinct)
                 excluded[torch.arange(len(rows)), labels] = False
             loss = sampled_softmax_loss(
                 u, v, cfg.logq * item_log_q[distinct], cfg.temperature,
