@@ -176,7 +176,7 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     """ml-1m's fixed split has one stamp for every row: features come from the end of training,
     a row's own item is left out of its activity features and blanked from its recent items; a
     validation user's activity features (count, genre shares, recent items) come from their
-    training rows alone."""
+    training rows alone; masks count every training item of a row's user as had (no times)."""
     from conftest import copy_repo
 
     from retrieval import offline
@@ -191,8 +191,9 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     store.apply(prof)
     seen = {}
 
-    def capture(user_tower, item_tower, users, item_rows, log_q, catalogue, validation, cfg):
-        seen.update(users=users, items=item_rows, validation=validation)
+    def capture(user_tower, item_tower, users, item_rows, log_q, catalogue, validation, cfg,
+                times):  # fmt: skip
+        seen.update(users=users, items=item_rows, validation=validation, times=times)
         return {"best_epoch": 1, "val_recall@20": 0.0, "val_ndcg@20": 0.0, "history": []}
 
     monkeypatch.setattr(training, "train", capture)
@@ -200,6 +201,7 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
         prof, tmp_path / "art", TrainConfig(epochs=1, refit=False), training.SplitConfig()
     )
     assert artifacts.manifest(version)["split"]["train_features"].startswith("as of test_time")
+    assert seen["times"] is None
     _, inverse, per_user = torch.unique(
         seen["users"]["user_id"], return_inverse=True, return_counts=True
     )
