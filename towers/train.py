@@ -102,7 +102,7 @@ class Positives:
     before it in `times` (without times, every one of the user's rows). Read from a table of each
     (user, item)'s first position in time where it fits in `dense_limit` bytes, else from the rows
     grouped by user. Marking 1,024 ml-1m rows' ~900 candidates (their users hold ~400k positives
-    between them) took 2 ms from a table and 11 ms from the groups."""
+    between them) took 2.6 ms from a table and 11 ms from the groups."""
 
     def __init__(
         self,
@@ -120,9 +120,11 @@ class Positives:
         n_users = int(user_ids.max()) + 1
         self.first = None
         if n_users * n_items * 4 <= dense_limit:
-            first = torch.full((n_users * n_items,), torch.iinfo(torch.int32).max)
-            first.scatter_reduce_(0, user_ids * n_items + item_rows, ranks, "amin")
-            self.first = first.view(n_users, n_items).int()
+            first = torch.full(
+                (n_users * n_items,), torch.iinfo(torch.int32).max, dtype=torch.int32
+            )
+            first.scatter_reduce_(0, user_ids * n_items + item_rows, ranks.int(), "amin")
+            self.first = first.view(n_users, n_items)
             return
         order = torch.argsort(user_ids, stable=True)
         self.items, self.ranks = item_rows[order], ranks[order]
