@@ -35,11 +35,11 @@ def sampled_softmax_loss(
     if counts is not None:
         log_counts = counts.to(users.dtype).log()
         bias = bias + log_counts
+    if excluded is not None:  # into the product's bias: no masking step forward or back
+        bias = torch.where(excluded, float("-inf"), bias)
     logits = torch.addmm(bias, users, items.T, alpha=1 / temperature)  # (B, C)
     if counts is not None:
         rows = torch.arange(batch, device=users.device)
         logits = logits.index_put((rows, positives), -log_counts[positives], accumulate=True)
-    if excluded is not None:
-        logits.masked_fill_(excluded, float("-inf"))
     losses = F.cross_entropy(logits, positives, reduction="none")
     return losses.mean() if weights is None else (losses * weights).mean()
