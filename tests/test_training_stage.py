@@ -232,6 +232,44 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     )
 
 
+def test_timed_rows_pass_their_own_times(tmp_path, monkeypatch):
+    """Where rows carry times, training hands each row's own time to the masks, aligned with the
+    row's user, item and point-in-time features: the captured (user, item, time) triples are the
+    training rows, and a user's history count never falls as their rows' times rise."""
+    from conftest import copy_repo
+
+    from retrieval import offline
+    from retrieval.synthetic import SyntheticConfig, generate
+    from towers.train import TrainConfig
+
+    ds = generate(SyntheticConfig(users=40, items=30, interactions=800, groups=3, days=20))
+    prof = store.profile(copy_repo(tmp_path))
+    offline.write(offline.build(ds), prof.offline_dir)
+    store.apply(prof)
+    seen = {}
+
+    def capture(user_tower, item_tower, users, item_rows, log_q, catalogue, validation, cfg,
+                times):  # fmt: skip
+        seen.update(users=users, items=item_rows, times=times)
+        return {"best_epoch": 1, "val_recall@20": 0.0, "val_ndcg@20": 0.0, "history": []}
+
+    monkeypatch.setattr(training, "train", capture)
+    training.run(prof, tmp_path / "art", TrainConfig(epochs=1, refit=False), training.SplitConfig())
+    users, times = seen["users"]["user_id"], seen["times"]
+    assert times is not None and len(times) == len(users) == len(seen["items"])
+    sp = training.split(
+        pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas(), ds.name,
+        training.SplitConfig(),
+    )  # fmt: skip
+    expected = sorted(zip(sp.train["user_id"], sp.train["item_id"], training._times(
+        sp.train["event_timestamp"]).tolist(), strict=True))  # fmt: skip
+    got = zip(users.tolist(), (seen["items"] + 1).tolist(), times.tolist(), strict=True)
+    assert sorted(got) == expected  # catalogue row r holds item r + 1
+    frame = pd.DataFrame({"user": users, "time": times, "count": seen["users"]["numeric"][:, 0]})
+    rising = frame.sort_values(["user", "time"]).groupby("user")["count"].diff().dropna()
+    assert (rising >= 0).all() and (rising > 0).any()
+
+
 def test_activity_groups_split_users_by_their_earlier_items():
     earlier = [0, 0, 0, 1, 2, 3, 9, 40]  # counts of items each user had before the test
     proto = Protocol(
