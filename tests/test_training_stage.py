@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ import torch
 from retrieval import artifacts, indexing, store, training
 from retrieval.cli import run
 from retrieval.evaluate import Protocol, by_activity
+from retrieval.synthetic import SyntheticConfig, generate
 from towers import nn as tnn
 from towers.item_tower import ItemTower
 from towers.user_tower import UserTower, UserTowerConfig
@@ -172,20 +174,14 @@ def test_evaluate_no_retrain_leaves_out_ablation_and_cold_start(world, tmp_path)
     assert plot.stat().st_size > 0 and not out.with_suffix(".png").exists()
 
 
-def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
-    """ml-1m's fixed split has one stamp for every row: features come from the end of training,
-    a row's own item is left out of its activity features and blanked from its recent items; a
-    validation user's activity features (count, genre shares, recent items) come from their
-    training rows alone; masks count every training item of a row's user as had (no times)."""
+def _captured(ds, tmp_path, monkeypatch) -> tuple[store.Profile, Path, dict]:
+    """`ds` through `ttr train`'s stage with the training loop replaced by a capture of what it
+    is handed: the profile, the published version and the captured inputs."""
     from conftest import copy_repo
 
     from retrieval import offline
-    from retrieval.synthetic import SyntheticConfig, generate
     from towers.train import TrainConfig
 
-    ds = generate(SyntheticConfig(users=60, items=30, interactions=1_500, groups=3))
-    ds.interactions["timestamp"] = pd.Timestamp("2003-03-01", tz="UTC")
-    ds.interactions["split"] = ["test" if i % 5 == 0 else "train" for i in range(1_500)]
     prof = store.profile(copy_repo(tmp_path))
     offline.write(offline.build(ds), prof.offline_dir)
     store.apply(prof)
@@ -200,6 +196,18 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     version = training.run(
         prof, tmp_path / "art", TrainConfig(epochs=1, refit=False), training.SplitConfig()
     )
+    return prof, version, seen
+
+
+def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
+    """ml-1m's fixed split has one stamp for every row: features come from the end of training,
+    a row's own item is left out of its activity features and blanked from its recent items; a
+    validation user's activity features (count, genre shares, recent items) come from their
+    training rows alone; masks count every training item of a row's user as had (no times)."""
+    ds = generate(SyntheticConfig(users=60, items=30, interactions=1_500, groups=3))
+    ds.interactions["timestamp"] = pd.Timestamp("2003-03-01", tz="UTC")
+    ds.interactions["split"] = ["test" if i % 5 == 0 else "train" for i in range(1_500)]
+    prof, version, seen = _captured(ds, tmp_path, monkeypatch)
     assert artifacts.manifest(version)["split"]["train_features"].startswith("as of test_time")
     assert seen["times"] is None
     _, inverse, per_user = torch.unique(
@@ -236,25 +244,8 @@ def test_timed_rows_pass_their_own_times(tmp_path, monkeypatch):
     """Where rows carry times, training hands each row's own time to the masks, aligned with the
     row's user, item and point-in-time features: the captured (user, item, time) triples are the
     training rows, and a user's history count never falls as their rows' times rise."""
-    from conftest import copy_repo
-
-    from retrieval import offline
-    from retrieval.synthetic import SyntheticConfig, generate
-    from towers.train import TrainConfig
-
     ds = generate(SyntheticConfig(users=40, items=30, interactions=800, groups=3, days=20))
-    prof = store.profile(copy_repo(tmp_path))
-    offline.write(offline.build(ds), prof.offline_dir)
-    store.apply(prof)
-    seen = {}
-
-    def capture(user_tower, item_tower, users, item_rows, log_q, catalogue, validation, cfg,
-                times):  # fmt: skip
-        seen.update(users=users, items=item_rows, times=times)
-        return {"best_epoch": 1, "val_recall@20": 0.0, "val_ndcg@20": 0.0, "history": []}
-
-    monkeypatch.setattr(training, "train", capture)
-    training.run(prof, tmp_path / "art", TrainConfig(epochs=1, refit=False), training.SplitConfig())
+    prof, _, seen = _captured(ds, tmp_path, monkeypatch)
     users, times = seen["users"]["user_id"], seen["times"]
     assert times is not None and len(times) == len(users) == len(seen["items"])
     sp = training.split(
