@@ -73,7 +73,7 @@ def build(
         drop=True
     )
     feat = inter[inter["split"] != "test"].reset_index(drop=True)
-    us = _micros(inter["timestamp"])
+    us = micros(inter["timestamp"])
     start_us = _day_floor(int(us.min())) - DAY_US
     end_us = _day_floor(int(us.max())) + DAY_US  # the last end-of-day stamp
     genre_matrix = _genre_matrix(ds.items, ds.genres)
@@ -159,7 +159,7 @@ def user_activity(
     """Cumulative count, mean rating, genre shares and recent items per user per active bucket
     (a day or an hour), stamped at the bucket's end."""
     users = inter["user_id"].to_numpy()
-    us = _micros(inter["timestamp"])
+    us = micros(inter["timestamp"])
     starts, ends = _runs(users, _day_floor(us, bucket_us))
     first = np.searchsorted(users, users[starts])  # the user's first row, per group
     ratings = inter["rating"].to_numpy(dtype=np.float64)
@@ -234,7 +234,7 @@ def user_history(inter: pd.DataFrame, bucket_us: int, keep: int) -> pa.Table:
     """Every item each user has interacted with (the last `keep`, most recent first), per active
     bucket, stamped at the bucket's end: what serving drops from a user's candidates."""
     users = inter["user_id"].to_numpy()
-    us = _micros(inter["timestamp"])
+    us = micros(inter["timestamp"])
     starts, ends = _runs(users, _day_floor(us, bucket_us))
     first = np.searchsorted(users, users[starts])
     return pa.table(
@@ -258,7 +258,8 @@ def _ratio(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
 
 
-def _micros(timestamps: pd.Series) -> np.ndarray:
+def micros(timestamps: pd.Series) -> np.ndarray:
+    """Timestamps as int64 microseconds since the epoch (the offline store's unit)."""
     return timestamps.dt.as_unit("us").astype("int64").to_numpy()
 
 
@@ -282,7 +283,7 @@ def item_popularity(inter: pd.DataFrame) -> pa.Table:
     frame = pd.DataFrame(
         {
             "item_id": inter["item_id"].to_numpy(),
-            "day": _day_floor(_micros(inter["timestamp"])),
+            "day": _day_floor(micros(inter["timestamp"])),
             "rating": inter["rating"].to_numpy(dtype=np.float64),
         }
     )

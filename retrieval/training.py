@@ -17,7 +17,7 @@ import torch
 
 from retrieval import artifacts, content, store
 from retrieval.errors import TTRError
-from retrieval.offline import activity_from, leave_one_out, read_meta
+from retrieval.offline import activity_from, leave_one_out, micros, read_meta
 from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Vocab, item_inputs, user_inputs
@@ -309,10 +309,11 @@ def _towers(
         text_dim=vocab.text_dim if "text" in modalities else 0,
         image_dim=vocab.image_dim if "image" in modalities else 0, **world.shapes.item,
     ))  # fmt: skip
+    times = None if world.as_of is not None else torch.from_numpy(micros(frame["event_timestamp"]))
     result = train(
         user_tower, item_tower, users, torch.tensor([row_of[i] for i in frame["item_id"]]),
         torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)), world.items,
-        validation, cfg, None if world.as_of is not None else _times(frame["event_timestamp"]),
+        validation, cfg, times,
     )  # fmt: skip
     untrained = torch.tensor(
         sorted(set(world.catalogue["item_id"]) - set(rows["item_id"])), dtype=torch.long
@@ -321,11 +322,6 @@ def _towers(
     strangers = np.setdiff1d(np.arange(vocab.num_users), rows["user_id"].unique())
     user_tower.forget(untrained, torch.from_numpy(strangers))
     return user_tower, item_tower, result
-
-
-def _times(stamps: pd.Series) -> torch.Tensor:
-    """Timestamps as int64 nanoseconds since the epoch."""
-    return torch.from_numpy(pd.DatetimeIndex(pd.to_datetime(stamps, utc=True)).asi8.copy())
 
 
 def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig) -> Path:

@@ -14,6 +14,7 @@ import torch
 from retrieval import artifacts, indexing, store, training
 from retrieval.cli import run
 from retrieval.evaluate import Protocol, by_activity
+from retrieval.offline import micros
 from retrieval.synthetic import SyntheticConfig, generate
 from towers import nn as tnn
 from towers.item_tower import ItemTower
@@ -252,8 +253,8 @@ def test_timed_rows_pass_their_own_times(tmp_path, monkeypatch):
         pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas(), ds.name,
         training.SplitConfig(),
     )  # fmt: skip
-    expected = sorted(zip(sp.train["user_id"], sp.train["item_id"], training._times(
-        sp.train["event_timestamp"]).tolist(), strict=True))  # fmt: skip
+    expected = sorted(zip(sp.train["user_id"], sp.train["item_id"],
+                          micros(sp.train["event_timestamp"]).tolist(), strict=True))  # fmt: skip
     got = zip(users.tolist(), (seen["items"] + 1).tolist(), times.tolist(), strict=True)
     assert sorted(got) == expected  # catalogue row r holds item r + 1
     frame = pd.DataFrame({"user": users, "time": times, "count": seen["users"]["numeric"][:, 0]})
