@@ -152,7 +152,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     prof = store.profile(args.repo, args.online_store)
     root = Path(args.artifacts)
-    result = evaluate.run(prof, root, evaluate.EvalConfig(retrain=not args.no_retrain))
+    draws = {} if args.cold_draws is None else {"cold_draws": args.cold_draws}
+    cfg = evaluate.EvalConfig(retrain=not args.no_retrain, **draws)
+    result = evaluate.run(prof, root, cfg)
     print(evaluate.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -343,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-retrain",
         action="store_true",
         help="skip the ablation and the cold start (they retrain)",
+    )
+    p.add_argument(
+        "--cold-draws",
+        type=int,
+        default=None,
+        help="draws of held-out items the cold start averages over, each retraining the towers "
+        "(default: 3)",
     )
     _common(p)
     p.set_defaults(func=cmd_evaluate)

@@ -223,13 +223,13 @@ def test_towers_train_on_content_and_explain_draws_posters(world, tmp_path):
     assert manifest["item_inputs"] == ["id", "categorical", "text", "image"]
     assert manifest["vocab"]["text_dim"] == 384 and manifest["content"]["image"]["items"] == 20
     out = tmp_path / "eval.json"
-    argv = ["evaluate", "--artifacts", str(root), "--json", str(out), *common]
+    argv = ["evaluate", "--artifacts", str(root), "--json", str(out), "--cold-draws", "1", *common]
     assert run(argv) == 0
     result = json.loads(out.read_text())
     assert list(result["ablation"])[-1] == "id+categorical+text+image"
     assert result["ablation"]["id+categorical+text+image"] == result["models"]["two_tower"]
-    variants = {"popularity", "two_tower", "categorical+text+image", "id+categorical"}
-    assert variants <= set(result["cold_start"])
+    variants = {"popularity", "user_genres", "two_tower", "categorical+text+image"}
+    assert variants | {"id+categorical"} <= set(result["cold_start"])
     assert set(result["similar"]) == {"items", "two_tower", "popularity"}
     png = tmp_path / "user.png"
     assert run(["explain", "1", "--k", "5", "--out", str(png), "--artifacts", str(root),

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from retrieval import artifacts, indexing, store, training
+from retrieval import artifacts, evaluate, indexing, store, training
 from retrieval.cli import run
 from retrieval.evaluate import Protocol, by_activity
 from retrieval.offline import micros
@@ -134,7 +134,9 @@ def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
     repo, root = world
     assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 0
     out = tmp_path / "eval.json"
-    assert run(["evaluate", "--repo", str(repo), "--artifacts", str(root), "--json", str(out)]) == 0
+    argv = ["evaluate", "--repo", str(repo), "--artifacts", str(root), "--json", str(out),
+            "--cold-draws", "2"]  # fmt: skip
+    assert run(argv) == 0
     result = json.loads(out.read_text())
     assert result["dataset"] == "synthetic" and result["split"]["kind"] == "random"
     models = result["models"]
@@ -156,13 +158,38 @@ def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
     assert len({variant["recall@20"] for variant in ablation.values()}) == 3  # distinct models
     assert ablation["id+categorical+text"] == models["two_tower"]  # same inputs, same seed
     cold = result["cold_start"]  # 8 of 80 items never trained on: genre and group from content
-    assert cold["items"] == 8 and cold["users"] > 20
+    draws = cold["draws"]  # other items held out at each seed, the metrics their mean
+    assert [d["seed"] for d in draws] == [0, 1] and cold["items"] == 8
+    assert cold["users"] == sum(d["users"] for d in draws) and min(d["users"] for d in draws) > 20
+    for name in ("two_tower", "categorical+text", "id+categorical", "popularity", "user_genres"):
+        mean = np.mean([d[name]["recall@20"] for d in draws])
+        assert cold[name]["recall@20"] == pytest.approx(mean)
+    assert draws[0]["two_tower"] != draws[1]["two_tower"]
     assert cold["two_tower"]["ndcg@10"] > cold["popularity"]["ndcg@10"]
     assert cold["categorical+text"]["ndcg@10"] > cold["popularity"]["ndcg@10"]  # no id input
-    assert "id+categorical" in cold  # the variant without content beside them
+    assert cold["user_genres"]["ndcg@10"] > cold["popularity"]["ndcg@10"]  # the group is a genre
     similar = result["similar"]  # the planted group is each item's genre
     assert similar["two_tower"]["genre_share@10"] > similar["popularity"]["genre_share@10"]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_refuses_zero_cold_draws(world, capsys):
+    repo, root = world
+    argv = ["evaluate", "--repo", str(repo), "--artifacts", str(root), "--cold-draws", "0"]
+    assert run(argv) == 1
+    assert "cold draws 0" in capsys.readouterr().err
+
+
+def test_user_genres_spreads_each_users_genre_shares_over_the_items():
+    catalogue = pd.DataFrame({"item_id": [1, 2, 3, 4, 5],
+                              "genres": [["a"], ["b"], ["a"], ["a", "b"], None]})  # fmt: skip
+    before = pd.DataFrame({"user_id": [7, 7, 7, 7, 8], "item_id": [1, 1, 1, 2, 2]})
+    rows = np.array([2, 3, 4])  # items 3, 4, 5 held out: "a" in two of them, "b" in one
+    popular = np.array([5.0, 1.0, 3.0])
+    scores = evaluate.user_genres(before, catalogue, rows, np.array([7, 8, 9]), popular)
+    assert scores[0] == pytest.approx([0.75 / 2, 0.75 / 2 + 0.25, 0.0], abs=1e-6)
+    assert scores[1] == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)  # user 8: all "b"
+    assert scores[2].argsort().tolist() == [1, 2, 0]  # no history: popularity within genre
 
 
 def test_evaluate_no_retrain_leaves_out_ablation_and_cold_start(world, tmp_path):
