@@ -17,7 +17,8 @@ def recall_curves(result: dict, path: Path, ks: tuple[int, ...]) -> Path:
     panels = [("all test users", result["models"], result.get("ablation", {}))]
     if "cold_start" in result:
         cold = {k: v for k, v in result["cold_start"].items() if isinstance(v, dict)}
-        panels.append((f"cold start ({result['cold_start']['items']} held-out items)", cold, {}))
+        items, draws = result["cold_start"]["items"], len(result["cold_start"]["draws"])
+        panels.append((f"cold start ({items} held-out items, mean of {draws} draws)", cold, {}))
     fig = Figure(figsize=(6.5 * len(panels), 4.5))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, models, variants) in zip(axes[0], panels, strict=True):
