@@ -89,7 +89,7 @@ def test_positives_mark_what_each_rows_user_had_by_then(dense_limit):
     times = torch.tensor([10, 20, 30, 40, 50, 60, 70])
     candidates = torch.tensor([3, 1, 0, 5])
     timeless = Positives(users, items, n_items=6, dense_limit=dense_limit)
-    assert (timeless.first is None) == (dense_limit == 0)
+    assert (timeless.table is None) == (dense_limit == 0)
     assert timeless.among(torch.tensor([4, 0, 6, 3]), candidates).tolist() == [
         [True, True, False, False],  # user 5: every one of their rows
         [True, False, True, False],  # user 2 (row 4 is no candidate)
@@ -97,6 +97,7 @@ def test_positives_mark_what_each_rows_user_had_by_then(dense_limit):
         [True, False, True, False],
     ]
     timed = Positives(users, items, n_items=6, times=times, dense_limit=dense_limit)
+    assert (timed.table is None) == (dense_limit == 0)
     assert timed.among(torch.tensor([4, 0, 2, 3]), candidates).tolist() == [
         [False, True, False, False],  # user 5 at 50: row 1 (at 20) but not 3 (at 50 itself)
         [False, False, False, False],  # user 2 at 10: nothing yet
