@@ -153,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     prof = store.profile(args.repo, args.online_store)
     root = Path(args.artifacts)
     draws = {} if args.cold_draws is None else {"cold_draws": args.cold_draws}
-    cfg = evaluate.EvalConfig(retrain=not args.no_retrain, **draws)
+    cfg = evaluate.EvalConfig(retrain=not args.no_retrain, ablation=not args.no_ablation, **draws)
     result = evaluate.run(prof, root, cfg)
     print(evaluate.table(result))
     if args.json:
@@ -345,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-retrain",
         action="store_true",
         help="skip the ablation and the cold start (they retrain)",
+    )
+    p.add_argument(
+        "--no-ablation",
+        action="store_true",
+        help="skip the ablation only (it retrains the towers once per set of item-tower inputs)",
     )
     p.add_argument(
         "--cold-draws",

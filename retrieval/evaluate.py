@@ -64,6 +64,7 @@ class EvalConfig:
     candidates: int = 200  # the two-stage pipeline: retrieval depth handed to the ranker
     seed: int = 0  # the NCF protocol's sampled negatives
     retrain: bool = True  # the ablation and the cold start (each retrains the towers)
+    ablation: bool = True  # with `retrain`: the ablation too (false: the cold start alone)
     cold_draws: int = 3  # draws of held-out items the cold start averages over
 
     def __post_init__(self) -> None:
@@ -238,14 +239,15 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
     if ranker is not None:
         result["ncf_protocol"] = ncf_protocol(sp.test, proto, row_of, scores, ranked, cfg.seed)
     result["similar"] = similar(items, catalogue, row_of, before_test(sp))
-    if cfg.retrain:
-        train_cfg = TrainConfig(**manifest["train"])
+    train_cfg = TrainConfig(**manifest["train"])
+    if cfg.retrain and cfg.ablation:
         result["ablation"] = {
             name: scored(ablated(prof, train_cfg, split_cfg, modalities, catalogue, proto),
                          proto, temporal)
             for name, modalities in ABLATION.items()
             if "image" not in modalities or vocab.image_dim
         }  # fmt: skip
+    if cfg.retrain:
         result["cold_start"] = cold_start(
             prof, train_cfg, split_cfg, cfg, catalogue, proto, cold_start_variants(vocab)
         )

@@ -173,6 +173,18 @@ def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_no_ablation_runs_the_cold_start_alone(world, tmp_path):
+    repo, root = world
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--repo", str(repo), "--artifacts", str(root), "--json", str(out),
+            "--no-ablation", "--cold-draws", "1"]  # fmt: skip
+    assert run(argv) == 0
+    result = json.loads(out.read_text())
+    assert "ablation" not in result
+    (draw,) = result["cold_start"]["draws"]
+    assert draw["seed"] == 0 and result["cold_start"]["two_tower"] == draw["two_tower"]
+
+
 def test_evaluate_refuses_zero_cold_draws(world, capsys):
     repo, root = world
     argv = ["evaluate", "--repo", str(repo), "--artifacts", str(root), "--cold-draws", "0"]
