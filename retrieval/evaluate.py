@@ -36,7 +36,7 @@ from retrieval.training import (
 )
 from towers import metrics
 from towers import nn as tnn
-from towers.inputs import Vocab
+from towers.inputs import Vocab, categorical_inputs
 from towers.ranker import Ranker
 from towers.train import TrainConfig, take
 
@@ -350,7 +350,8 @@ def cold_draw(
     before = before_test(f.split)  # without the held-out items
     popular = genre_popularity(before, catalogue, rows)
     scores["popularity"] = np.tile(popular, (int(keep.sum()), 1))
-    scores["user_genres"] = user_genres(before, catalogue, rows, proto.users[keep], popular)
+    genres = categorical_inputs(catalogue, f.vocab)["genres"].numpy()
+    scores["user_genres"] = user_genres(before, catalogue, genres, rows, proto.users[keep], popular)
     return {
         "seed": cfg.seed, "items": len(hidden), "users": int(keep.sum()),
         **{name: metrics.report(top_k(s, exclude, K_MAX), wanted, K_VALUES)
@@ -358,13 +359,14 @@ def cold_draw(
     }  # fmt: skip
 
 
-def user_genres(before: pd.DataFrame, catalogue: pd.DataFrame, rows: np.ndarray,
-                users: np.ndarray, popular: np.ndarray) -> np.ndarray:  # fmt: skip
+def user_genres(
+    before: pd.DataFrame, catalogue: pd.DataFrame, genres: np.ndarray, rows: np.ndarray,
+    users: np.ndarray, popular: np.ndarray,
+) -> np.ndarray:  # fmt: skip
     """(users, rows): the personalised genre baseline. Each of the catalogue `rows` scored by the
-    user's share of earlier interactions in each of its genres, a genre's share spread evenly
-    over the `rows` in it; `popular` (popularity within genre) breaks ties, and alone ranks for a
-    user without history."""
-    genres = genre_matrix(catalogue)
+    user's share of earlier interactions in each of its genres (`genres`: the catalogue's genres
+    multi-hot), a genre's share spread evenly over the `rows` in it; `popular` (popularity within
+    genre) breaks ties, and alone ranks for a user without history."""
     of_user = before[before["user_id"].isin(users)]
     at = (pd.Index(users).get_indexer(of_user["user_id"]),
           of_user["item_id"].map(rows_of(catalogue["item_id"])).to_numpy())  # fmt: skip
@@ -373,16 +375,6 @@ def user_genres(before: pd.DataFrame, catalogue: pd.DataFrame, rows: np.ndarray,
     shares = in_genre / np.maximum(in_genre.sum(1, keepdims=True), 1.0)
     spread = genres[rows] / np.maximum(genres[rows].sum(0), 1.0)
     return shares @ spread.T + 1e-9 * popular / max(float(popular.max()), 1.0)
-
-
-def genre_matrix(catalogue: pd.DataFrame) -> np.ndarray:
-    """(items, genres) 0/1: each catalogue item's genres, in sorted genre order."""
-    names = [_names(g) for g in catalogue["genres"]]
-    column = {g: j for j, g in enumerate(sorted({g for n in names for g in n}))}
-    out = np.zeros((len(names), len(column)))
-    for row, item_genres in enumerate(names):
-        out[row, [column[g] for g in item_genres]] = 1.0
-    return out
 
 
 def genre_popularity(before: pd.DataFrame, catalogue: pd.DataFrame, rows: np.ndarray) -> np.ndarray:

@@ -198,7 +198,8 @@ def test_user_genres_spreads_each_users_genre_shares_over_the_items():
     before = pd.DataFrame({"user_id": [7, 7, 7, 7, 8], "item_id": [1, 1, 1, 2, 2]})
     rows = np.array([2, 3, 4])  # items 3, 4, 5 held out: "a" in two of them, "b" in one
     popular = np.array([5.0, 1.0, 3.0])
-    scores = evaluate.user_genres(before, catalogue, rows, np.array([7, 8, 9]), popular)
+    genres = np.array([[1, 0], [0, 1], [1, 0], [1, 1], [0, 0]], dtype=np.float32)  # a, b
+    scores = evaluate.user_genres(before, catalogue, genres, rows, np.array([7, 8, 9]), popular)
     assert scores[0] == pytest.approx([0.75 / 2, 0.75 / 2 + 0.25, 0.0], abs=1e-6)
     assert scores[1] == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)  # user 8: all "b"
     assert scores[2].argsort().tolist() == [1, 2, 0]  # no history: popularity within genre

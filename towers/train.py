@@ -123,9 +123,9 @@ class Positives:
         pairs = user_ids * n_items + item_rows
         self.table = None
         if times is None and n_users * n_items <= dense_limit:
-            self.table = torch.zeros(n_users * n_items, dtype=torch.bool)
-            self.table[pairs] = True
-            self.table = self.table.view(n_users, n_items)
+            had = torch.zeros(n_users * n_items, dtype=torch.bool)
+            had[pairs] = True
+            self.table = had.view(n_users, n_items)
             return
         if n_users * n_items * 4 <= dense_limit:
             first = torch.full(
