@@ -19,8 +19,10 @@ import torch
 
 from retrieval import artifacts, index, store
 from retrieval.errors import TTRError
+from retrieval.offline import activity_from, feature_config
 from retrieval.ranking import catalogue_items, ncf_candidates
 from retrieval.training import (
+    Fitted,
     Split,
     SplitConfig,
     catalogue_frame,
@@ -32,13 +34,14 @@ from retrieval.training import (
     rows_of,
     split,
     user_features,
+    user_frame,
     vocab_of,
 )
 from towers import metrics
 from towers import nn as tnn
-from towers.inputs import Vocab, categorical_inputs
+from towers.inputs import Vocab, categorical_inputs, user_inputs
 from towers.ranker import Ranker
-from towers.train import TrainConfig, take
+from towers.train import TrainConfig, embed, take
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -342,10 +345,7 @@ def cold_draw(
     scores = {}
     for name, modalities in variants.items():
         f = fit(prof, cfg, split_cfg, modalities, hidden=frozenset(hidden.tolist()))
-        users = embed_users(
-            store.open_store(prof), f.user_tower, f.vocab, proto.users[keep], f.split.test_time,
-            f.hidden,
-        )  # fmt: skip
+        users = cold_users(f, store.open_store(prof), proto.users[keep], catalogue)
         scores[name] = users @ embed_items(f.item_tower, f.vocab, catalogue.iloc[rows]).T
     before = before_test(f.split)  # without the held-out items
     popular = genre_popularity(before, catalogue, rows)
@@ -357,6 +357,19 @@ def cold_draw(
         **{name: metrics.report(top_k(s, exclude, K_MAX), wanted, K_VALUES)
            for name, s in scores.items()},
     }  # fmt: skip
+
+
+def cold_users(
+    f: Fitted, feast_store: FeatureStore, user_ids: np.ndarray, catalogue: pd.DataFrame
+) -> np.ndarray:
+    """User-tower embeddings of `user_ids` as of the test time, their activity features (count,
+    genre shares, recent items) computed from the rows before it, which lack the held-out items:
+    what the store would hold had those items never been in the catalogue."""
+    frame = user_frame(feast_store, user_ids, f.split.test_time)
+    frame = activity_from(
+        before_test(f.split), frame, catalogue, f.vocab.genres, feature_config(f.meta)
+    )
+    return embed(f.user_tower, user_inputs(frame, f.vocab)).numpy()
 
 
 def user_genres(

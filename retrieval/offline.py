@@ -182,24 +182,36 @@ def user_activity(
     )
 
 
+def feature_config(meta: dict) -> FeatureConfig:
+    """The recipe of a store's activity features, from its `dataset.json`."""
+    return FeatureConfig(activity_bucket=meta["activity_bucket"], recent_items=meta["recent_items"])
+
+
 def activity_from(
-    rows: pd.DataFrame, frame: pd.DataFrame, items: pd.DataFrame, genres: tuple[str, ...]
-) -> pd.DataFrame:
-    """`frame` (`user_activity` features, one row per user, as of one time) with those features
-    computed afresh from the interactions in `rows` alone: what the store would hold had the
-    others never happened. Where rows carry no time, that is how a subset is held out."""
-    lengths = frame["recent_items"].dropna().map(len)
-    recent = int(lengths.max()) if len(lengths) else 1  # the lists' cap, or all are shorter
-    inter = rows.rename(columns={"event_timestamp": "timestamp"}).sort_values(
-        "user_id", kind="stable"
-    )  # one stamp: the order within a user stays as stored
+    rows: pd.DataFrame, frame: pd.DataFrame, items: pd.DataFrame, genres: tuple[str, ...],
+    features: FeatureConfig,
+) -> pd.DataFrame:  # fmt: skip
+    """`frame` (`user_activity` features of `user_id` as of `event_timestamp`, one row per entity
+    row) with those features computed afresh from the interactions in `rows` alone, point in time
+    and in the store's buckets: what the store would hold had the others never happened (a
+    timeless split's validation rows, a cold start's held-out items)."""
+    inter = rows.rename(columns={"event_timestamp": "timestamp"})
+    inter = inter.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
     fresh = user_activity(
-        inter.reset_index(drop=True), _genre_matrix(items, genres), DAY_US, recent
-    )
-    fresh = fresh.drop("event_timestamp").to_pandas().set_index("user_id")
-    columns = [c for c in fresh.columns if c in frame.columns]
-    found = fresh.reindex(frame["user_id"].to_numpy())
-    return frame.assign(**{c: found[c].to_numpy() for c in columns})
+        inter, _genre_matrix(items, genres), BUCKETS[features.activity_bucket],
+        features.recent_items,
+    ).to_pandas()  # fmt: skip
+    fresh["at"] = micros(fresh.pop("event_timestamp"))
+    wanted = pd.DataFrame({
+        "user_id": frame["user_id"].to_numpy(np.int64), "at": micros(frame["event_timestamp"]),
+        "row": np.arange(len(frame)),
+    })  # fmt: skip
+    joined = pd.merge_asof(
+        wanted.sort_values("at", kind="stable"), fresh.sort_values("at", kind="stable"),
+        on="at", by="user_id",
+    ).sort_values("row")  # fmt: skip
+    columns = [c for c in fresh.columns if c in frame.columns and c != "user_id"]
+    return frame.assign(**{c: joined[c].to_numpy() for c in columns})
 
 
 def leave_one_out(

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from retrieval import artifacts, store
 from retrieval.errors import TTRError
+from retrieval.offline import FeatureConfig, feature_config, read_meta
 from retrieval.training import (
     Split,
     SplitConfig,
@@ -301,6 +302,7 @@ def validation_pairs(
     sp: Split,
     vocab: Vocab,
     catalogue: pd.DataFrame,
+    features: FeatureConfig,
     rng: np.random.Generator,
 ) -> Validation:
     """Each validation interaction (a sample of `VALIDATION_ROWS` where there are more) against 99
@@ -320,8 +322,8 @@ def validation_pairs(
         len(catalogue), rng,
     )  # fmt: skip
     items = catalogue_items(feast_store, vocab, catalogue, sp.validation_time)
-    features = validation_users(feast_store, sp, vocab, users, catalogue)
-    user_x = take(features, torch.from_numpy(inverse))
+    user_x = validation_users(feast_store, sp, vocab, users, catalogue, features)
+    user_x = take(user_x, torch.from_numpy(inverse))
     retrieval = pair_scores(embed(towers.user, user_x), towers.items, cand)
     weights = torch.from_numpy(1.0 / np.bincount(inverse)[inverse]).float()
     return Validation(user_x, take(items, torch.from_numpy(cand.reshape(-1))), retrieval, weights)
@@ -364,13 +366,14 @@ class Examples:
 
 def examples(
     feast_store: FeatureStore, towers: Towers, vocab: Vocab, sp: Split, data: pd.DataFrame,
-    catalogue: pd.DataFrame, cfg: RankerTrainConfig, rng: np.random.Generator,
+    catalogue: pd.DataFrame, features: FeatureConfig, cfg: RankerTrainConfig,
+    rng: np.random.Generator,
 ) -> Examples:  # fmt: skip
     """Each interaction in `data` with its uniform and hard negatives, both sides' features as
     of the interaction (as of the test time where the split has no time order)."""
     row_of = rows_of(catalogue["item_id"])
     as_of = sp.test_time if timeless(sp) else None
-    _, users = training_users(feast_store, data, vocab, catalogue, frozenset(), as_of)
+    _, users = training_users(feast_store, data, vocab, catalogue, features, as_of)
     seen = data.groupby("user_id")["item_id"].apply(list)
     at = sp.validation_time if data["event_timestamp"].max() < sp.validation_time else sp.test_time
     pool_users = np.sort(data["user_id"].unique())
@@ -401,21 +404,22 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
     sp = split(inter, manifest["dataset"], split_cfg, manifest["train"]["seed"])
     feast_store, vocab = store.open_store(prof), vocab_of(manifest)
     catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
+    features = feature_config(read_meta(prof.offline_dir))
     rng = np.random.default_rng(cfg.seed)
     began = time.perf_counter()
     config = RankerConfig(num_users(prof.offline_dir), vocab.num_items, len(vocab.genres),
                           retrieval_scale=1 / manifest["train"]["temperature"])  # fmt: skip
     towers = Towers.load(validation_towers(version), vocab, catalogue)
-    data = examples(feast_store, towers, vocab, sp, sp.train, catalogue, cfg, rng)
+    data = examples(feast_store, towers, vocab, sp, sp.train, catalogue, features, cfg, rng)
     torch.manual_seed(cfg.seed)
     ranker = Ranker(config)
-    validation = validation_pairs(feast_store, towers, sp, vocab, catalogue, rng)
+    validation = validation_pairs(feast_store, towers, sp, vocab, catalogue, features, rng)
     result = fit_ranker(ranker, data, validation, cfg)
     if cfg.refit:
         print(f"refit: training + validation rows, {result['best_epoch']} epochs")
         rows = pd.concat([sp.train, sp.validation])
         towers = Towers.load(version, vocab, catalogue)
-        data = examples(feast_store, towers, vocab, sp, rows, catalogue, cfg, rng)
+        data = examples(feast_store, towers, vocab, sp, rows, catalogue, features, cfg, rng)
         torch.manual_seed(cfg.seed)
         ranker = Ranker(config)
         again = dataclasses.replace(cfg, epochs=result["best_epoch"])

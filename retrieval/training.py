@@ -17,7 +17,14 @@ import torch
 
 from retrieval import artifacts, content, store
 from retrieval.errors import TTRError
-from retrieval.offline import activity_from, leave_one_out, micros, read_meta
+from retrieval.offline import (
+    FeatureConfig,
+    activity_from,
+    feature_config,
+    leave_one_out,
+    micros,
+    read_meta,
+)
 from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Vocab, item_inputs, user_inputs
@@ -102,42 +109,34 @@ def held_out(sp: Split, items: frozenset[int]) -> Split:
     return dataclasses.replace(sp, train=keep(sp.train), validation=keep(sp.validation))
 
 
-def blanked(users: Inputs, items: frozenset[int]) -> Inputs:
-    """User inputs with `items` taken out of the recent-items lists."""
-    if not items:
-        return users
-    recent = users["recent_items"]
-    hidden = torch.isin(recent, torch.tensor(sorted(items)))
-    return {**users, "recent_items": recent.masked_fill(hidden, 0)}
-
-
 def validation_set(
     feast_store: FeatureStore, sp: Split, vocab: Vocab, catalogue: pd.DataFrame,
-    hidden: frozenset[int] = frozenset(),
+    features: FeatureConfig, afresh: bool = False,
 ) -> Validation:  # fmt: skip
     """Validation users with their features as of the validation time, and their items."""
     users, row_of = np.sort(sp.validation["user_id"].unique()), rows_of(catalogue["item_id"])
     relevant = sp.validation.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
     seen = sp.train.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
     return Validation(
-        validation_users(feast_store, sp, vocab, users, catalogue, hidden),
+        validation_users(feast_store, sp, vocab, users, catalogue, features, afresh),
         [relevant[u] for u in users], [seen.get(u, set()) for u in users],
     )  # fmt: skip
 
 
 def validation_users(
     feast_store: FeatureStore, sp: Split, vocab: Vocab, user_ids: np.ndarray,
-    catalogue: pd.DataFrame, hidden: frozenset[int] = frozenset(),
+    catalogue: pd.DataFrame, features: FeatureConfig, afresh: bool = False,
 ) -> Inputs:  # fmt: skip
     """User-tower inputs of `user_ids` as of the validation time. Where the rows carry no order in
     time, that is the end of training, whose activity features count the validation rows
     themselves: those (count, genre shares, recent items) are computed afresh from the training
-    rows alone, so validation rewards neither finding its answers among the inputs nor their
-    genres in the shares."""
+    rows alone (made with the store's `features` recipe), so validation rewards neither finding
+    its answers among the inputs nor their genres in the shares. `afresh`: so too where the split
+    has times (the training rows lack a cold start's held-out items; the store has them)."""
     frame = user_frame(feast_store, user_ids, sp.validation_time)
-    if timeless(sp):
-        frame = activity_from(sp.train, frame, catalogue, vocab.genres)
-    return blanked(user_inputs(frame, vocab), hidden)
+    if timeless(sp) or afresh:
+        frame = activity_from(sp.train, frame, catalogue, vocab.genres, features)
+    return user_inputs(frame, vocab)
 
 
 def vocab_of(manifest: dict) -> Vocab:
@@ -145,10 +144,11 @@ def vocab_of(manifest: dict) -> Vocab:
     return Vocab(**{**manifest["vocab"], "genres": tuple(manifest["vocab"]["genres"])})
 
 
-def user_features(feast_store: FeatureStore, vocab: Vocab, user_ids: np.ndarray,
-                  at: pd.Timestamp, hidden: frozenset[int] = frozenset()) -> Inputs:  # fmt: skip
-    """User-tower inputs of `user_ids`, features as of `at`, `hidden` items blanked."""
-    return blanked(user_inputs(user_frame(feast_store, user_ids, at), vocab), hidden)
+def user_features(
+    feast_store: FeatureStore, vocab: Vocab, user_ids: np.ndarray, at: pd.Timestamp
+) -> Inputs:
+    """User-tower inputs of `user_ids`, features as of `at`."""
+    return user_inputs(user_frame(feast_store, user_ids, at), vocab)
 
 
 def user_frame(feast_store: FeatureStore, user_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame:
@@ -158,9 +158,9 @@ def user_frame(feast_store: FeatureStore, user_ids: np.ndarray, at: pd.Timestamp
 
 
 def embed_users(feast_store: FeatureStore, tower: UserTower, vocab: Vocab, user_ids: np.ndarray,
-                at: pd.Timestamp, hidden: frozenset[int] = frozenset()) -> np.ndarray:  # fmt: skip
-    """User-tower embeddings of `user_ids`, features as of `at`, `hidden` items blanked."""
-    return embed(tower, user_features(feast_store, vocab, user_ids, at, hidden)).numpy()
+                at: pd.Timestamp) -> np.ndarray:  # fmt: skip
+    """User-tower embeddings of `user_ids`, features as of `at`."""
+    return embed(tower, user_features(feast_store, vocab, user_ids, at)).numpy()
 
 
 def embed_items(tower: ItemTower, vocab: Vocab, catalogue: pd.DataFrame) -> np.ndarray:
@@ -190,19 +190,23 @@ def timeless(sp: Split) -> bool:
 
 def training_users(
     feast_store: FeatureStore, rows: pd.DataFrame, vocab: Vocab, catalogue: pd.DataFrame,
-    hidden: frozenset[int], as_of: pd.Timestamp | None,
+    features: FeatureConfig, as_of: pd.Timestamp | None, afresh: bool = False,
 ) -> tuple[pd.DataFrame, Inputs]:  # fmt: skip
     """The training rows' user features and tensors. Point in time where the rows have an order;
-    where they have none, `as_of` the end of training (the only time the history exists), with the
-    row's own item left out of its activity features and blanked from its recent items, so the
-    label sits neither among the inputs nor in their counts and genre shares."""
+    where they have none, `as_of` the end of training (the only time the history exists), computed
+    from `rows` alone (with the store's `features` recipe), the row's own item left out of its
+    activity features and blanked from its recent items, so the label sits neither among the
+    inputs nor in their counts and genre shares. `afresh`: from `rows` alone where they have an
+    order too (they lack a cold start's held-out items; the store has them)."""
     entities = rows[["user_id", "item_id", "event_timestamp"]]
     if as_of is not None:
         entities = entities.assign(event_timestamp=as_of)
     frame = training_frame(feast_store, SERVICES["user"], entities)
+    if as_of is not None or afresh:
+        frame = activity_from(rows, frame, catalogue, vocab.genres, features)
     if as_of is not None:
         frame = leave_one_out(rows, frame, catalogue, vocab.genres)
-    users = blanked(user_inputs(frame, vocab), hidden)
+    users = user_inputs(frame, vocab)
     if as_of is not None:
         label = torch.tensor(frame["item_id"].to_numpy())[:, None]
         users["recent_items"] = users["recent_items"].masked_fill(users["recent_items"] == label, 0)
@@ -228,6 +232,7 @@ class World:
     row_of: dict[int, int]  # item id -> catalogue row
     hidden: frozenset[int]  # items held out of training entirely
     as_of: pd.Timestamp | None  # where the rows carry no time: user features as of this time
+    features: FeatureConfig  # the store's recipe of activity features, to compute them afresh
     shapes: Shapes
 
 
@@ -240,7 +245,6 @@ class Fitted:
     split: Split
     meta: dict  # the offline store's dataset.json
     seconds: float
-    hidden: frozenset[int]  # items held out of training entirely
     before_refit: tuple[UserTower, ItemTower] | None  # the early-stopped towers, if refit after
 
 
@@ -254,7 +258,7 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
         shapes: Shapes | None = None) -> Fitted:  # fmt: skip
     """Both towers trained on the repository's offline data (the item tower on `modalities`,
     default every input the catalogue has; `shapes` overrides the towers' configs),
-    the `hidden` items kept out of training, validation and the users' recent items: early
+    the `hidden` items kept out of training, validation and the users' features: early
     stopping on validation, then (`cfg.refit`) afresh on training and validation rows for the
     best number of epochs."""
     meta = read_meta(prof.offline_dir)
@@ -274,9 +278,12 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
     row_of = rows_of(catalogue["item_id"])
     as_of = sp.test_time if timeless(sp) else None
     items = item_inputs(catalogue, vocab)
-    world = World(feast_store, vocab, catalogue, items, row_of, hidden, as_of, shapes or Shapes())
+    features = feature_config(meta)
+    world = World(
+        feast_store, vocab, catalogue, items, row_of, hidden, as_of, features, shapes or Shapes()
+    )
     began = time.perf_counter()
-    validation = validation_set(feast_store, sp, vocab, catalogue, hidden)
+    validation = validation_set(feast_store, sp, vocab, catalogue, features, bool(hidden))
     user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities)
     before_refit = (user_tower, item_tower) if cfg.refit else None
     if cfg.refit:
@@ -285,7 +292,7 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
         rows = pd.concat([sp.train, sp.validation])
         user_tower, item_tower, result["refit"] = _towers(world, rows, None, again, modalities)
     seconds = time.perf_counter() - began
-    return Fitted(user_tower, item_tower, result, vocab, sp, meta, seconds, hidden, before_refit)
+    return Fitted(user_tower, item_tower, result, vocab, sp, meta, seconds, before_refit)
 
 
 def _towers(
@@ -296,8 +303,9 @@ def _towers(
     those items and users embed from their features alone."""
     vocab, row_of = world.vocab, world.row_of
     frame, users = training_users(
-        world.feast_store, rows, vocab, world.catalogue, world.hidden, world.as_of
-    )
+        world.feast_store, rows, vocab, world.catalogue, world.features, world.as_of,
+        bool(world.hidden),
+    )  # fmt: skip
     counts = np.bincount([row_of[i] for i in rows["item_id"]], minlength=len(row_of)) + 1.0
     torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
     user_tower = UserTower(UserTowerConfig(

@@ -111,3 +111,37 @@ def test_leave_one_out_features_count_every_other_row_of_the_user(world):
         counts = pd.Series([g for i in others["item_id"] for g in genres[i]]).value_counts()
         shares = counts.reindex(ds.genres, fill_value=0) / max(counts.sum(), 1)
         assert np.allclose(out["genre_shares"][j], shares.to_numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("bucket", ["day", "hour"])
+def test_activity_from_rows_is_the_store_had_only_they_happened(world, bucket):
+    """User activity computed afresh from a subset of the interactions, point in time: as of t,
+    what the store's rows of that subset say (every bucket that ended by t); users with none of
+    them yet have no history."""
+    ds, _ = world
+    cfg = offline.FeatureConfig(activity_bucket=bucket)
+    kept = ds.interactions[ds.interactions["item_id"] % 3 != 0]  # a third of the items gone
+    kept = kept.sort_values("timestamp", kind="stable")
+    rows = kept.rename(columns={"timestamp": "event_timestamp"})
+    rng = np.random.default_rng(0)
+    at = ds.interactions["timestamp"].sample(50, random_state=0).to_numpy()
+    frame = pd.DataFrame({
+        "user_id": rng.choice(ds.users["user_id"].to_numpy(), size=len(at)), "event_timestamp": at,
+        "interaction_count": -1, "recent_items": None, "genre_shares": None,
+    })  # fmt: skip
+    out = offline.activity_from(rows, frame, ds.items, ds.genres, cfg)
+    width = pd.Timedelta(days=1) if bucket == "day" else pd.Timedelta(hours=1)
+    genres = ds.items.set_index("item_id")["genres"]
+    assert (out["event_timestamp"] == frame["event_timestamp"]).all()
+    for row in out.itertuples():
+        ended = kept["timestamp"].dt.floor(width) + width <= row.event_timestamp
+        seen = kept[(kept["user_id"] == row.user_id) & ended]
+        if seen.empty:
+            assert np.isnan(row.interaction_count)
+            continue
+        assert row.interaction_count == len(seen)
+        assert list(row.recent_items) == seen["item_id"].tolist()[::-1][:RECENT]
+        counts = pd.Series([g for i in seen["item_id"] for g in genres[i]]).value_counts()
+        shares = counts.reindex(ds.genres, fill_value=0) / counts.sum()
+        assert np.allclose(row.genre_shares, shares.to_numpy(), atol=1e-6)
+    assert out["interaction_count"].notna().mean() > 0.5

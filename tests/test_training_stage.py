@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from retrieval.offline import micros
 from retrieval.synthetic import SyntheticConfig, generate
 from towers import nn as tnn
 from towers.item_tower import ItemTower
+from towers.train import TrainConfig
 from towers.user_tower import UserTower, UserTowerConfig
 
 SMALL = ["--users", "300", "--items", "80", "--interactions", "12000", "--groups", "4"]
@@ -218,10 +220,18 @@ def test_evaluate_no_retrain_leaves_out_ablation_and_cold_start(world, tmp_path)
 def _captured(ds, tmp_path, monkeypatch) -> tuple[store.Profile, Path, dict]:
     """`ds` through `ttr train`'s stage with the training loop replaced by a capture of what it
     is handed: the profile, the published version and the captured inputs."""
+    prof, seen = _capturing(ds, tmp_path, monkeypatch)
+    version = training.run(
+        prof, tmp_path / "art", TrainConfig(epochs=1, refit=False), training.SplitConfig()
+    )
+    return prof, version, seen
+
+
+def _capturing(ds, tmp_path, monkeypatch) -> tuple[store.Profile, dict]:
+    """A store of `ds`, and training's loop replaced by a capture of what it is handed."""
     from conftest import copy_repo
 
     from retrieval import offline
-    from towers.train import TrainConfig
 
     prof = store.profile(copy_repo(tmp_path))
     offline.write(offline.build(ds), prof.offline_dir)
@@ -234,10 +244,7 @@ def _captured(ds, tmp_path, monkeypatch) -> tuple[store.Profile, Path, dict]:
         return {"best_epoch": 1, "val_recall@20": 0.0, "val_ndcg@20": 0.0, "history": []}
 
     monkeypatch.setattr(training, "train", capture)
-    version = training.run(
-        prof, tmp_path / "art", TrainConfig(epochs=1, refit=False), training.SplitConfig()
-    )
-    return prof, version, seen
+    return prof, seen
 
 
 def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
@@ -312,3 +319,35 @@ def test_activity_groups_split_users_by_their_earlier_items():
     groups = by_activity(top, proto, parts=4)  # quartile edges 0, 0, 1.5, 4.5, 40 -> 0, 1, 4, 40
     assert {span: g["users"] for span, g in groups.items()} == {"0-0": 3, "1-3": 3, "4-40": 2}
     assert [g["recall@10"] for g in groups.values()] == [0.0, 1 / 3, 1.0]
+
+
+def test_held_out_items_leave_no_trace_in_the_user_features(tmp_path, monkeypatch):
+    """A cold start's held-out items never happened, as far as the towers see: each training
+    row's activity features count the user's earlier rows of the other items only (the store
+    holds them all), and the validation users' too; no recent-items list holds one."""
+    ds = generate(SyntheticConfig(users=40, items=30, interactions=1_200, groups=3, days=20))
+    prof, seen = _capturing(dataclasses.replace(ds, name="timeline"), tmp_path, monkeypatch)
+    hidden = frozenset(range(1, 31, 5))
+    cfg = TrainConfig(epochs=1, refit=False)
+    f = training.fit(prof, cfg, training.SplitConfig(), hidden=hidden)
+    assert f.split.kind == "temporal" and not f.split.train["item_id"].isin(hidden).any()
+    inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
+    ended = inter["event_timestamp"].dt.floor("D") + pd.Timedelta(days=1)  # its bucket's end
+
+    def earlier(user: int, at: pd.Timestamp, items: pd.Series) -> np.ndarray:
+        mine = (inter["user_id"] == user) & (ended <= at)
+        return np.array([(mine & items).sum(), mine.sum()])
+
+    others = ~inter["item_id"].isin(hidden)
+    users, times = seen["users"], pd.to_datetime(seen["times"].numpy(), unit="us", utc=True)
+    pairs = zip(users["user_id"].tolist(), times, strict=True)
+    counts = np.array([earlier(u, t, others) for u, t in pairs])
+    assert users["numeric"][:, 0].numpy() == pytest.approx(np.log1p(counts[:, 0]))
+    assert (counts[:, 0] < counts[:, 1]).mean() > 0.3  # the store's counts hold the held-out items
+    val = seen["validation"].users
+    at = f.split.validation_time
+    val_counts = np.array([earlier(u, at, others)[0] for u in val["user_id"].tolist()])
+    assert val["numeric"][:, 0].numpy() == pytest.approx(np.log1p(val_counts))
+    for recent in (users["recent_items"], val["recent_items"]):
+        assert not torch.isin(recent, torch.tensor(sorted(hidden))).any()
+        assert (recent > 0).any()
