@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,21 +18,18 @@ import torch
 
 from retrieval import artifacts, index, store
 from retrieval.errors import TTRError
-from retrieval.offline import activity_from, feature_config
+from retrieval.offline import activity_from, feature_config, read_meta
 from retrieval.ranking import catalogue_items, ncf_candidates
 from retrieval.training import (
-    Fitted,
     Split,
     SplitConfig,
     catalogue_frame,
     embed_items,
-    embed_users,
     fit,
     load_towers,
     modalities_of,
     rows_of,
     split,
-    user_features,
     user_frame,
     vocab_of,
 )
@@ -41,10 +37,7 @@ from towers import metrics
 from towers import nn as tnn
 from towers.inputs import Vocab, categorical_inputs, user_inputs
 from towers.ranker import Ranker
-from towers.train import TrainConfig, embed, take
-
-if TYPE_CHECKING:
-    from feast import FeatureStore
+from towers.train import Inputs, TrainConfig, embed, take
 
 K_VALUES = (10, 20, 50, 100)
 K_MAX = max(K_VALUES)
@@ -220,7 +213,8 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
     proto = protocol(before_test(sp), sp.test, row_of)
     vocab = vocab_of(manifest)
     user_tower, item_tower = load_towers(version)
-    users = embed_users(feast_store, user_tower, vocab, proto.users, sp.test_time)
+    user_x = users_at_test(prof, sp, vocab, proto.users, catalogue)
+    users = embed(user_tower, user_x).numpy()
     items = embed_items(item_tower, vocab, catalogue)
     scores, ials_params = rankings(sp, row_of, proto, users, items, cfg)
     tops = {name: top_k(s, proto.exclude, K_MAX) for name, s in scores.items()}
@@ -228,8 +222,8 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
         tops["two_tower_ann"] = ann_top(version, users, catalogue["item_id"].to_numpy(), proto)
     ranker = latest_ranker(root, manifest["version"])
     if ranker is not None:
-        ranked = RankerView(ranker, feast_store, vocab, catalogue, proto.users, sp.test_time,
-                            scores["two_tower"])  # fmt: skip
+        items_x = catalogue_items(feast_store, vocab, catalogue, sp.test_time)
+        ranked = RankerView(ranker, user_x, items_x, scores["two_tower"])
         tops["two_stage"] = two_stage(scores["two_tower"], proto, ranked, cfg.candidates)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
     temporal = sp.kind == "temporal"
@@ -259,6 +253,21 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
 
 def before_test(sp: Split) -> pd.DataFrame:
     return pd.concat([sp.train, sp.validation])
+
+
+def users_at_test(
+    prof: store.Profile, sp: Split, vocab: Vocab, user_ids: np.ndarray, catalogue: pd.DataFrame,
+    afresh: bool = False,
+) -> Inputs:  # fmt: skip
+    """User-tower inputs of `user_ids` as of the test time. A random split is drawn after the
+    store was built, whose activity features as of then count the test rows themselves: there
+    (and with `afresh`: a cold start's store holds its held-out items) they are computed from the
+    rows before the test instead, as the store would hold them had the rest never happened."""
+    frame = user_frame(store.open_store(prof), user_ids, sp.test_time)
+    if afresh or sp.kind == "random":
+        features = feature_config(read_meta(prof.offline_dir))
+        frame = activity_from(before_test(sp), frame, catalogue, vocab.genres, features)
+    return user_inputs(frame, vocab)
 
 
 def similar(items: np.ndarray, catalogue: pd.DataFrame, row_of: dict[int, int],
@@ -292,11 +301,9 @@ def ablated(
     """Top K_MAX of the two-tower retrained with the item tower on `modalities` only."""
     print(f"ablation: item tower on {'+'.join(modalities)}")
     f = fit(prof, cfg, split_cfg, modalities)
-    users = embed_users(
-        store.open_store(prof), f.user_tower, f.vocab, proto.users, f.split.test_time
-    )
+    users = embed(f.user_tower, users_at_test(prof, f.split, f.vocab, proto.users, catalogue))
     items = embed_items(f.item_tower, f.vocab, catalogue)
-    return top_k(users @ items.T, proto.exclude, K_MAX)
+    return top_k(users.numpy() @ items.T, proto.exclude, K_MAX)
 
 
 def cold_start_variants(vocab: Vocab) -> dict[str, tuple[str, ...] | None]:
@@ -345,8 +352,9 @@ def cold_draw(
     scores = {}
     for name, modalities in variants.items():
         f = fit(prof, cfg, split_cfg, modalities, hidden=frozenset(hidden.tolist()))
-        users = cold_users(f, store.open_store(prof), proto.users[keep], catalogue)
-        scores[name] = users @ embed_items(f.item_tower, f.vocab, catalogue.iloc[rows]).T
+        user_x = users_at_test(prof, f.split, f.vocab, proto.users[keep], catalogue, afresh=True)
+        items = embed_items(f.item_tower, f.vocab, catalogue.iloc[rows])
+        scores[name] = embed(f.user_tower, user_x).numpy() @ items.T
     before = before_test(f.split)  # without the held-out items
     popular = genre_popularity(before, catalogue, rows)
     scores["popularity"] = np.tile(popular, (int(keep.sum()), 1))
@@ -357,19 +365,6 @@ def cold_draw(
         **{name: metrics.report(top_k(s, exclude, K_MAX), wanted, K_VALUES)
            for name, s in scores.items()},
     }  # fmt: skip
-
-
-def cold_users(
-    f: Fitted, feast_store: FeatureStore, user_ids: np.ndarray, catalogue: pd.DataFrame
-) -> np.ndarray:
-    """User-tower embeddings of `user_ids` as of the test time, their activity features (count,
-    genre shares, recent items) computed from the rows before it, which lack the held-out items:
-    what the store would hold had those items never been in the catalogue."""
-    frame = user_frame(feast_store, user_ids, f.split.test_time)
-    frame = activity_from(
-        before_test(f.split), frame, catalogue, f.vocab.genres, feature_config(f.meta)
-    )
-    return embed(f.user_tower, user_inputs(frame, f.vocab)).numpy()
 
 
 def user_genres(
@@ -436,17 +431,15 @@ def latest_ranker(root: Path, model_version: str) -> Ranker | None:
     return tnn.load(Ranker, version, "ranker")
 
 
+@dataclass
 class RankerView:
-    """The ranker's scores of test users (rows of `users`) against catalogue rows, both sides'
-    features as of the test time, beside their `retrieval` scores (users x catalogue)."""
+    """The ranker's scores of test users (rows of `users`) against catalogue rows (`items`), both
+    sides' features as of the test time, beside their `retrieval` scores (users x catalogue)."""
 
-    def __init__(self, ranker: Ranker, feast_store: FeatureStore, vocab: Vocab,
-                 catalogue: pd.DataFrame, users: np.ndarray, at: pd.Timestamp,
-                 retrieval: np.ndarray) -> None:  # fmt: skip
-        self.ranker = ranker
-        self.users = user_features(feast_store, vocab, users, at)
-        self.items = catalogue_items(feast_store, vocab, catalogue, at)
-        self.retrieval = retrieval
+    ranker: Ranker
+    users: Inputs
+    items: Inputs
+    retrieval: np.ndarray
 
     @torch.no_grad()
     def scores(self, row: int, items: np.ndarray) -> np.ndarray:

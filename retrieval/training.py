@@ -127,14 +127,15 @@ def validation_users(
     feast_store: FeatureStore, sp: Split, vocab: Vocab, user_ids: np.ndarray,
     catalogue: pd.DataFrame, features: FeatureConfig, afresh: bool = False,
 ) -> Inputs:  # fmt: skip
-    """User-tower inputs of `user_ids` as of the validation time. Where the rows carry no order in
-    time, that is the end of training, whose activity features count the validation rows
-    themselves: those (count, genre shares, recent items) are computed afresh from the training
-    rows alone (made with the store's `features` recipe), so validation rewards neither finding
-    its answers among the inputs nor their genres in the shares. `afresh`: so too where the split
-    has times (the training rows lack a cold start's held-out items; the store has them)."""
+    """User-tower inputs of `user_ids` as of the validation time. Where the split is not in time
+    order (given, random), that is the end of training, and the store's activity features then
+    count the validation rows themselves: those (count, genre shares, recent items) are computed
+    afresh from the training rows alone (with the store's `features` recipe), so validation
+    rewards neither finding its answers among the inputs nor their genres in the shares.
+    `afresh`: so too on a temporal split (the training rows lack a cold start's held-out items;
+    the store has them)."""
     frame = user_frame(feast_store, user_ids, sp.validation_time)
-    if timeless(sp) or afresh:
+    if sp.kind != "temporal" or afresh:
         frame = activity_from(sp.train, frame, catalogue, vocab.genres, features)
     return user_inputs(frame, vocab)
 
@@ -142,13 +143,6 @@ def validation_users(
 def vocab_of(manifest: dict) -> Vocab:
     """The vocabulary a trained version was built with, from its manifest."""
     return Vocab(**{**manifest["vocab"], "genres": tuple(manifest["vocab"]["genres"])})
-
-
-def user_features(
-    feast_store: FeatureStore, vocab: Vocab, user_ids: np.ndarray, at: pd.Timestamp
-) -> Inputs:
-    """User-tower inputs of `user_ids`, features as of `at`."""
-    return user_inputs(user_frame(feast_store, user_ids, at), vocab)
 
 
 def user_frame(feast_store: FeatureStore, user_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame:
@@ -160,7 +154,7 @@ def user_frame(feast_store: FeatureStore, user_ids: np.ndarray, at: pd.Timestamp
 def embed_users(feast_store: FeatureStore, tower: UserTower, vocab: Vocab, user_ids: np.ndarray,
                 at: pd.Timestamp) -> np.ndarray:  # fmt: skip
     """User-tower embeddings of `user_ids`, features as of `at`."""
-    return embed(tower, user_features(feast_store, vocab, user_ids, at)).numpy()
+    return embed(tower, user_inputs(user_frame(feast_store, user_ids, at), vocab)).numpy()
 
 
 def embed_items(tower: ItemTower, vocab: Vocab, catalogue: pd.DataFrame) -> np.ndarray:

@@ -351,3 +351,23 @@ def test_held_out_items_leave_no_trace_in_the_user_features(tmp_path, monkeypatc
     for recent in (users["recent_items"], val["recent_items"]):
         assert not torch.isin(recent, torch.tensor(sorted(hidden))).any()
         assert (recent > 0).any()
+
+
+def test_random_split_test_features_hold_no_test_rows(world):
+    """A random split is drawn after the store was built, which counts every row: the test users'
+    activity features come from the rows before the test alone, so no answer sits among them."""
+    repo, root = world
+    prof, manifest = store.profile(repo), artifacts.manifest(artifacts.latest(root))
+    inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
+    sp = training.split(inter, "synthetic", training.SplitConfig(), manifest["train"]["seed"])
+    catalogue = training.catalogue_frame(store.open_store(prof), prof.offline_dir, sp.test_time)
+    users = np.sort(sp.test["user_id"].unique())
+    x = evaluate.users_at_test(prof, sp, training.vocab_of(manifest), users, catalogue)
+    before = evaluate.before_test(sp).groupby("user_id")["item_id"]
+    count = before.size().reindex(users, fill_value=0)
+    assert sp.kind == "random"
+    assert x["numeric"][:, 0].numpy() == pytest.approx(np.log1p(count.to_numpy()))
+    assert (inter.groupby("user_id").size()[users] > count).all()  # the store's count
+    had = before.apply(set)
+    for user, recent in zip(users, x["recent_items"].tolist(), strict=True):
+        assert set(recent) - {0} <= had.get(user, set())
