@@ -356,7 +356,7 @@ def cold_draw(
         items = embed_items(f.item_tower, f.vocab, catalogue.iloc[rows])
         scores[name] = embed(f.user_tower, user_x).numpy() @ items.T
     before = before_test(f.split)  # without the held-out items
-    popular = genre_popularity(before, catalogue, rows)
+    popular = untied(genre_popularity(before, catalogue, rows), rng)
     scores["popularity"] = np.tile(popular, (int(keep.sum()), 1))
     genres = categorical_inputs(catalogue, f.vocab)["genres"].numpy()
     scores["user_genres"] = user_genres(before, catalogue, genres, rows, proto.users[keep], popular)
@@ -383,6 +383,16 @@ def user_genres(
     shares = in_genre / np.maximum(in_genre.sum(1, keepdims=True), 1.0)
     spread = genres[rows] / np.maximum(genres[rows].sum(0), 1.0)
     return shares @ spread.T + 1e-9 * popular / max(float(popular.max()), 1.0)
+
+
+def untied(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each score's rank (0 the lowest), ties broken at random. Popularity within genre scores
+    every item of a genre set alike (on ml-1m 48-83 of the 388 held-out items tie at its 20th
+    place): its top k took them in whatever order the sort left them."""
+    order = np.lexsort((rng.random(len(scores)), scores))
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(len(scores))
+    return ranks
 
 
 def genre_popularity(before: pd.DataFrame, catalogue: pd.DataFrame, rows: np.ndarray) -> np.ndarray:

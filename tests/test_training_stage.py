@@ -207,6 +207,14 @@ def test_user_genres_spreads_each_users_genre_shares_over_the_items():
     assert scores[2].argsort().tolist() == [1, 2, 0]  # no history: popularity within genre
 
 
+def test_untied_ranks_keep_the_order_and_break_ties_at_random():
+    scores = np.array([3.0, 1.0, 3.0, 2.0, 3.0])
+    ranks = evaluate.untied(scores, np.random.default_rng(0))
+    assert ranks[1] == 0 and ranks[3] == 1 and sorted(ranks[[0, 2, 4]]) == [2, 3, 4]
+    firsts = {int(evaluate.untied(scores, np.random.default_rng(s)).argmax()) for s in range(30)}
+    assert firsts == {0, 2, 4}  # each tied item comes first in some draw
+
+
 def test_evaluate_no_retrain_leaves_out_ablation_and_cold_start(world, tmp_path):
     repo, root = world
     out, plot = tmp_path / "eval.json", tmp_path / "curves.png"
