@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from retrieval import evaluate, store, training
-from retrieval.offline import read_meta
+from retrieval.catalogue import read_meta
 from towers.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,21 +1,33 @@
 """Feature declarations for two-tower retrieval: entities, sources, views, services.
 
-Sources are parquet files under `data/` beside this file, written by `ttr data`. Time-varying
-features are stored as a time series (one row per entity per active day, stamped at the end of
-that day), so the point-in-time join decides what a training example may see.
+Which features exist follows the dataset the repository was built with: `ttr data` writes its
+schema into `data/offline/dataset.json` beside the parquet sources, and the loops below declare
+one field per feature of the spec. Time-varying features are stored as a time series (one row per
+entity per active day, stamped at the end of that day), so the point-in-time join decides what a
+training example may see.
 """
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
-from feast.types import Array, Bool, Float32, Int64, String
+from feast.types import Array, Bool, Float32, Float64, Int64, String
 
 DATA = Path(__file__).resolve().parent / "data" / "offline"
+if not (DATA / "dataset.json").is_file():
+    raise FileNotFoundError(f"no dataset in {DATA}: run `ttr data` before `ttr apply`")
+DATASET = json.loads((DATA / "dataset.json").read_text())
+SCHEMA = DATASET["schema"]
+KINDS = {"categorical": String, "multi_categorical": Array(String), "numeric": Float64,
+         "text": String, "image": String}  # fmt: skip
+ID = {"int64": (ValueType.INT64, Int64), "string": (ValueType.STRING, String)}
+USER_KEY, USER_ID = ID[SCHEMA["user_id"]]
+ITEM_KEY, ITEM_ID = ID[SCHEMA["item_id"]]
 
-# The two entities: every feature hangs off one of them.
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
-item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64)
+# The two entities: every feature hangs off one of them. Ids are integers or strings, as the data.
+user = Entity(name="user", join_keys=["user_id"], value_type=USER_KEY)
+item = Entity(name="item", join_keys=["item_id"], value_type=ITEM_KEY)
 
 
 def _source(name: str) -> FileSource:
@@ -24,19 +36,23 @@ def _source(name: str) -> FileSource:
     )
 
 
-# Demographics, static: stamped once, before the first interaction (nulls where a dataset has none).
-user_profile = FeatureView(
-    name="user_profile",
-    entities=[user],
-    ttl=timedelta(0),
-    schema=[
-        Field(name="age", dtype=Int64),
-        Field(name="gender", dtype=String),
-        Field(name="occupation", dtype=String),
-        Field(name="zip_prefix", dtype=String),
-    ],
-    source=_source("user_profile"),
-    tags={"kind": "static"},  # `ttr materialize --incremental` reloads static views whole
+def _fields(kinds: dict) -> list[Field]:
+    return [Field(name=name, dtype=KINDS[kind]) for name, kind in kinds.items()]
+
+
+# The user's own features (the spec's users table), static: stamped before the first interaction.
+# None where the dataset has no user features.
+user_profile = (
+    FeatureView(
+        name="user_profile",
+        entities=[user],
+        ttl=timedelta(0),
+        schema=_fields(SCHEMA["users"]),
+        source=_source("user_profile"),
+        tags={"kind": "static"},  # `ttr materialize --incremental` reloads static views whole
+    )
+    if SCHEMA["users"]
+    else None
 )
 
 # Cumulative activity, one row per user per active day, stamped at the end of that day.
@@ -46,41 +62,40 @@ user_activity = FeatureView(
     ttl=timedelta(0),
     schema=[
         Field(name="interaction_count", dtype=Int64),
-        Field(name="mean_rating", dtype=Float32),  # null where the dataset is implicit
-        Field(name="genre_shares", dtype=Array(Float32)),  # order: the dataset's genre list
-        Field(name="recent_items", dtype=Array(Int64)),  # most recent first
+        Field(name="mean_rating", dtype=Float32),  # null where the dataset has no strength
+        Field(name="recent_items", dtype=Array(ITEM_ID)),  # most recent first
+        # the share of the user's interactions on each value of each categorical item feature
+        *[Field(name=f"{name}_shares", dtype=Array(Float32)) for name in DATASET["shares"]],
     ],
     source=_source("user_activity"),
 )
 
-# Every item the user has interacted with so far (capped, most recent first), per active day:
-# what serving drops from the candidates. Its own view, so training sets never carry it.
+# Every item the user has interacted with (capped, most recent first), one row per user: what
+# serving drops from the candidates. Its own view, so training sets never carry it.
 user_history = FeatureView(
     name="user_history",
     entities=[user],
     ttl=timedelta(0),
-    schema=[Field(name="seen_items", dtype=Array(Int64))],
+    schema=[Field(name="seen_items", dtype=Array(ITEM_ID))],
     source=_source("user_history"),
 )
 
-# Catalogue content, static.
-item_content = FeatureView(
-    name="item_content",
-    entities=[item],
-    ttl=timedelta(0),
-    schema=[
-        Field(name="title", dtype=String),
-        Field(name="genres", dtype=Array(String)),
-        Field(name="year", dtype=Int64),
-        Field(name="plot", dtype=String),
-        Field(name="has_poster", dtype=Bool),
-    ],
-    source=_source("item_content"),
-    tags={"kind": "static"},
+# The item's own features (the spec's items table) and its title, static; None where it has none.
+item_content = (
+    FeatureView(
+        name="item_content",
+        entities=[item],
+        ttl=timedelta(0),
+        schema=[Field(name="title", dtype=String)] * SCHEMA["title"] + _fields(SCHEMA["items"]),
+        source=_source("item_content"),
+        tags={"kind": "static"},
+    )
+    if SCHEMA["title"] or SCHEMA["items"]
+    else None
 )
 
-# Pretrained content vectors (`ttr content`): text over title, genres and plot; image over the
-# poster. A null vector with its flag false where the item has no such content or none is computed.
+# Pretrained content vectors (`ttr content`): text over the title, categorical values and text
+# features; image over the image file. A null vector with its flag false where there is none.
 item_vectors = FeatureView(
     name="item_vectors",
     entities=[item],
@@ -122,20 +137,22 @@ item_embedding = FeatureView(
     tags={"kind": "static"},
 )
 
+USER_VIEWS = [v for v in (user_profile, user_activity) if v is not None]
+ITEM_VIEWS = [v for v in (item_content,) if v is not None]
+
 # What the user tower reads, in training (point in time) and in serving (online).
-user_tower = FeatureService(name="user_tower", features=[user_profile, user_activity])
+user_tower = FeatureService(name="user_tower", features=USER_VIEWS)
 
 # What the item tower reads.
-item_tower = FeatureService(name="item_tower", features=[item_content, item_vectors])
+item_tower = FeatureService(name="item_tower", features=[*ITEM_VIEWS, item_vectors])
 
 # A training set for the two towers: user and item features joined at each interaction's time.
 two_tower_training = FeatureService(
-    name="two_tower_training",
-    features=[user_profile, user_activity, item_content, item_popularity],
+    name="two_tower_training", features=[*USER_VIEWS, *ITEM_VIEWS, item_popularity]
 )
 
 # The re-ranker's item side: content and popularity (its user side is the user_tower service).
-ranker = FeatureService(name="ranker", features=[item_content, item_popularity])
+ranker = FeatureService(name="ranker", features=[*ITEM_VIEWS, item_popularity])
 
 # What one recommendation request reads online: the user tower's features and the user's history.
-recommend = FeatureService(name="recommend", features=[user_profile, user_activity, user_history])
+recommend = FeatureService(name="recommend", features=[*USER_VIEWS, user_history])

@@ -21,6 +21,7 @@ import faiss
 import torch
 from fastapi import FastAPI, HTTPException, Query
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -78,6 +79,16 @@ class Counting:
         self.metrics.latency.labels(name).observe(time.perf_counter() - began)
 
 
+def _parsed(parse: Callable[[str], T], text: str, field: str) -> T:
+    """An id parsed as the dataset's ids are; a 422 naming the field where it cannot be one."""
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise RequestValidationError(
+            [{"loc": ("path", field), "msg": str(err), "type": "value_error", "input": text}]
+        ) from None
+
+
 def _one_thread_each() -> None:
     """A pipeline thread's FAISS and torch run single-threaded: one query's work is too small
     for a thread team, and OpenMP settings are per thread."""
@@ -118,33 +129,33 @@ def create_app(
 
     @app.get("/recommend/{user_id}")
     async def recommend(
-        user_id: int = PathParam(description="the user's id"),
+        user_id: str = PathParam(description="the user's id (an integer or a string, as the data)"),
         k: int = Query(10, ge=1, le=1000, description="how many items"),
         exclude_seen: bool = Query(True, description="drop items the user has interacted with"),
     ) -> JSONResponse:
         pipeline = state["pipeline"]
-        rec = await work(pipeline.recommend, user_id, k, exclude_seen)
+        user = _parsed(pipeline.parse_user, user_id, "user_id")
+        rec = await work(pipeline.recommend, user, k, exclude_seen)
         for stage in STAGES:
             if stage in rec.seconds:
                 metrics.stage.labels(stage).observe(rec.seconds[stage])
         metrics.source.labels(rec.source).inc()
-        return JSONResponse({"user_id": user_id, "items": rec.items, "source": rec.source,
+        return JSONResponse({"user_id": user, "items": rec.items, "source": rec.source,
                              "model_version": pipeline.model_version,
                              "index_version": pipeline.index_version})  # fmt: skip
 
     @app.get("/similar/{item_id}")
     async def similar(
-        item_id: int = PathParam(description="the item's id"),
+        item_id: str = PathParam(description="the item's id (an integer or a string, as the data)"),
         k: int = Query(10, ge=1, le=1000, description="how many items"),
     ) -> dict:
         pipeline = state["pipeline"]
+        item = _parsed(pipeline.parse_item, item_id, "item_id")
         try:
-            items = await work(pipeline.similar, item_id, k)
+            items = await work(pipeline.similar, item, k)
         except KeyError:
-            raise HTTPException(404, f"item {item_id} is not in the catalogue") from None
-        except Exception as err:  # noqa: BLE001 - the online store is down or lacks the item
-            raise HTTPException(503, f"item embeddings unavailable: {err}") from None
-        return {"item_id": item_id, "items": items, "model_version": pipeline.model_version}
+            raise HTTPException(404, f"item {item!r} is not in the catalogue") from None
+        return {"item_id": item, "items": items, "model_version": pipeline.model_version}
 
     @app.get("/healthz")
     async def healthz() -> dict:

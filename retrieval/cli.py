@@ -12,18 +12,22 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 from tqdm import tqdm
 
+from retrieval import store
 from retrieval.content import ContentConfig
 from retrieval.errors import TTRError
 from retrieval.index import IndexConfig
 from retrieval.offline import FeatureConfig
 from retrieval.ranking import RankerTrainConfig
+from retrieval.reader import Dataset
 from retrieval.synthetic import SyntheticConfig
 from retrieval.training import SplitConfig
+from towers.progress import Step
 from towers.train import TrainConfig
 
 T = TypeVar("T")
@@ -39,49 +43,118 @@ def default_repo() -> Path:
     return local if (local / "feature_store.yaml").is_file() else CHECKOUT_REPO
 
 
+class Bars:
+    """Draws what library code reports (`towers.progress.Step`): a bar per task, and its messages
+    as lines."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, tqdm] = {}
+
+    def __call__(self, step: Step) -> None:
+        if step.message is not None:
+            tqdm.write(step.message)
+            return
+        bar = self.bars.get(step.task)
+        if bar is None:
+            unit = f" {step.unit}" if step.unit else "it"
+            bar = self.bars[step.task] = tqdm(total=step.total, desc=step.task, unit=unit,
+                                              leave=False)  # fmt: skip
+        bar.update(step.done - bar.n)
+        if step.total is not None and step.done >= step.total:
+            self.bars.pop(step.task).close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+
+@contextlib.contextmanager
+def bars() -> Iterator[Bars]:
+    drawn = Bars()
+    try:
+        yield drawn
+    finally:
+        drawn.close()
+
+
+def read_dataset(args: argparse.Namespace, prof: store.Profile, progress: Bars) -> Dataset:
+    """The dataset `ttr data` was pointed at: a spec (or RecBole atomic files), or a name."""
+    from retrieval import datasets, reader, recbole, spec, synthetic
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
+    if args.spec and args.dataset:
+        raise TTRError("give --spec or --dataset, not both")
+    if args.spec:
+        path = Path(args.spec).expanduser()
+        inter = recbole.find(path)
+        if inter is not None:
+            return reader.read(recbole.spec(inter))
+        if not path.is_file():
+            raise TTRError(f"no spec at {path} (a YAML file, or RecBole atomic files)")
+        return reader.read(spec.load(path, data_dir))
+    if not args.dataset:
+        raise TTRError("say what to read: --spec FILE (your own data) or --dataset NAME")
+    out_dir = prof.repo / "data" / "sources" / args.dataset
+    if args.dataset == "synthetic":
+        return synthetic.load(_config_from(SyntheticConfig, args), out_dir)
+    return datasets.load(args.dataset, data_dir, out_dir, _downloads(progress))
+
+
+def _downloads(progress: Bars) -> Callable[[int], object]:
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        progress(Step("downloading", done[0], None, "B"))
+
+    return advance
+
+
 def cmd_data(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
-    from retrieval import content, datasets, offline, store
-    from retrieval.synthetic import generate
+    from retrieval import content, offline
 
     prof = store.profile(args.repo)
     features = _config_from(FeatureConfig, args)
     began = time.perf_counter()
-    if args.dataset == "synthetic":
-        ds = generate(_config_from(SyntheticConfig, args))
-    else:
-        ds = datasets.load(args.dataset, Path(args.data_dir) if args.data_dir else None)
-    before = prof.offline_dir / content.TABLE
-    vectors = pq.read_table(before) if before.exists() else None
-    with tqdm(total=len(offline.TABLES), desc="feature tables", unit=" tables") as bar:
-        tables = offline.build(
-            ds, features, lambda name: (bar.set_postfix_str(name), bar.update()), vectors
-        )
-    offline.write(tables, prof.offline_dir)
-    counts = tables.meta["counts"]
+    with bars() as progress:
+        ds = read_dataset(args, prof, progress)
+        before = prof.offline_dir / content.TABLE
+        vectors = pq.read_table(before) if before.exists() else None
+        tables = offline.build(ds, features, vectors)
+        total, built = len(offline.TABLES), []
+
+        def done(name: str) -> None:
+            built.append(name)
+            progress(Step("feature tables", len(built), total, "tables"))
+
+        rows = offline.write(tables, prof.offline_dir, done)
+    counts, meta = tables.meta["counts"], tables.meta
+    for line in ds.report.lines:
+        print(f"  dropped or missing: {line}")
     print(
         f"{ds.name}: {counts['interactions']:,} interactions, {counts['users']:,} users, "
-        f"{counts['items']:,} items; feature rows: activity {tables.user_activity.num_rows:,}, "
-        f"popularity {tables.item_popularity.num_rows:,}; {tables.meta['start'][:10]} to "
-        f"{tables.meta['end'][:10]} -> {prof.offline_dir} ({time.perf_counter() - began:.1f} s)"
+        f"{counts['items']:,} items ({ds.schema.split} split); feature rows: activity "
+        f"{rows['user_activity']:,}, popularity {rows['item_popularity']:,}; "
+        f"{meta['start'][:10]} to {meta['end'][:10]} -> {prof.offline_dir} "
+        f"({time.perf_counter() - began:.1f} s)"
     )
 
 
 def cmd_content(args: argparse.Namespace) -> None:
-    from retrieval import content, store
+    from retrieval import content
 
     prof = store.profile(args.repo)
-    source = Path(args.data_dir).expanduser().resolve() if args.data_dir else None
-    done = content.compute(prof.offline_dir, _config_from(content.ContentConfig, args), source)
+    with bars() as progress:
+        done = content.compute(prof.offline_dir, _config_from(ContentConfig, args), progress)
     if done.missing:
         print(content.absent_message(done.missing))
     print(f"{content.summary(done)} -> {prof.offline_dir / content.TABLE}")
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
-    from retrieval import store
-
     prof = store.profile(args.repo, args.online_store)
     with contextlib.redirect_stdout(io.StringIO()):  # feast echoes every object; we summarise
         views = store.apply(prof)
@@ -92,10 +165,9 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
-    from retrieval import store
-
     prof = store.profile(args.repo, args.online_store)
-    done = store.materialize(prof, incremental=args.incremental)
+    with bars() as progress:
+        done = store.materialize(prof, args.incremental, progress)
     for m in done:
         rate = m.rows / m.seconds if m.seconds else 0.0
         print(
@@ -110,8 +182,6 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    from retrieval import store
-
     prof = store.profile(args.repo, args.online_store)
     row = store.entity_features(prof, args.entity, args.id)
     lines = [f"  {json.dumps(k)}: {json.dumps(v, default=str)}" for k, v in row.items()]
@@ -119,15 +189,15 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from retrieval import artifacts, store, training
-    from towers.train import TrainConfig
+    from retrieval import artifacts, training
 
     prof = store.profile(args.repo, args.online_store)
-    cfg, split_cfg = _config_from(TrainConfig, args), _config_from(training.SplitConfig, args)
-    version = training.run(prof, Path(args.artifacts), cfg, split_cfg)
+    cfg, split_cfg = _config_from(TrainConfig, args), _config_from(SplitConfig, args)
+    with bars() as progress:
+        version = training.run(prof, Path(args.artifacts), cfg, split_cfg, progress)
     manifest = artifacts.manifest(version)
     metrics, k = manifest["metrics"], cfg.k
-    text = "pretrained text" if manifest["vocab"]["text_dim"] else "hashed words"
+    text = "pretrained text" if manifest["content"].get("text", {}).get("items") else "hashed words"
     print(f"trained: best epoch {metrics['best_epoch']}, validation recall@{k} "
           f"{metrics[f'val_recall@{k}']:.4f}, NDCG@{k} {metrics[f'val_ndcg@{k}']:.4f}; "
           f"item inputs {'+'.join(manifest['item_inputs'])} (text: {text}) -> {version} "
@@ -135,7 +205,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    from retrieval import indexing, store
+    from retrieval import indexing
 
     prof = store.profile(args.repo, args.online_store)
     info = indexing.run(prof, Path(args.artifacts), _config_from(IndexConfig, args))
@@ -147,14 +217,15 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from retrieval import evaluate, store
+    from retrieval import evaluate
     from retrieval.plots import recall_curves
 
     prof = store.profile(args.repo, args.online_store)
     root = Path(args.artifacts)
     draws = {} if args.cold_draws is None else {"cold_draws": args.cold_draws}
     cfg = evaluate.EvalConfig(retrain=not args.no_retrain, ablation=not args.no_ablation, **draws)
-    result = evaluate.run(prof, root, cfg)
+    with bars() as progress:
+        result = evaluate.run(prof, root, cfg, progress)
     print(evaluate.table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -164,41 +235,50 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_train_ranker(args: argparse.Namespace) -> None:
-    from retrieval import artifacts, ranking, store
+    from retrieval import artifacts, ranking
 
     prof = store.profile(args.repo, args.online_store)
-    version = ranking.run(prof, Path(args.artifacts), _config_from(RankerTrainConfig, args))
+    with bars() as progress:
+        cfg = _config_from(RankerTrainConfig, args)
+        version = ranking.run(prof, Path(args.artifacts), cfg, progress)
     metrics = artifacts.manifest(version)["metrics"]
     print(f"trained ranker: best epoch {metrics['best_epoch']}, validation HR@10 "
           f"{metrics['val_hr@10']:.4f} -> {version} (now latest)")  # fmt: skip
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from retrieval import store
     from retrieval.pipeline import Pipeline
 
     _check_k(args.k)
     pipeline = Pipeline(store.profile(args.repo, args.online_store), Path(args.artifacts))
-    rec = pipeline.recommend(args.user_id, args.k, exclude_seen=not args.include_seen)
-    print(f"user {args.user_id}: {rec.source}, model {pipeline.model_version}")
-    print(f"{'#':>3s} {'item':>7s} {'score':>8s} {'retrieval':>9s}  title")
+    user = _id(pipeline.parse_user, args.user_id)
+    rec = pipeline.recommend(user, args.k, exclude_seen=not args.include_seen)
+    print(f"user {user}: {rec.source}, model {pipeline.model_version}")
+    print(f"{'#':>3s} {'item':>10s} {'score':>8s} {'retrieval':>9s}  title")
     for n, item in enumerate(rec.items, 1):
         retrieval = "" if item["retrieval_score"] is None else f"{item['retrieval_score']:.4f}"
-        print(f"{n:>3d} {item['item_id']:>7d} {item['score']:>8.4f} {retrieval:>9s}  "
+        print(f"{n:>3d} {item['item_id']!s:>10s} {item['score']:>8.4f} {retrieval:>9s}  "
               f"{item['title']}")  # fmt: skip
 
 
+def _id(parse: Callable[[str], object], text: str) -> object:
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise TTRError(str(err)) from err
+
+
 def cmd_explain(args: argparse.Namespace) -> None:
-    from retrieval import store
     from retrieval.explain import explain
     from retrieval.pipeline import Pipeline
 
     _check_k(args.k)
     prof = store.profile(args.repo, args.online_store)
     pipeline = Pipeline(prof, Path(args.artifacts))
-    out = Path(args.out or f"explain_{args.user_id}.png")
-    shown = explain(pipeline, prof.offline_dir, args.user_id, out, args.k)
-    print(f"user {args.user_id}: {len(shown['history'])} recent items, "
+    user = _id(pipeline.parse_user, args.user_id)
+    out = Path(args.out or Path(args.artifacts) / f"explain_{user}.png")
+    shown = explain(pipeline, prof.offline_dir, user, out, args.k)
+    print(f"user {user}: {len(shown['history'])} recent items, "
           f"{len(shown['recommended'])} recommended ({shown['source']}) -> {out}")  # fmt: skip
 
 
@@ -221,8 +301,9 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     one user's recommendations, and the command that serves them."""
     art = ["--artifacts", args.artifacts]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
+    source = ["--spec", args.spec] if args.spec else ["--dataset", args.dataset]
     steps = [
-        ["data", "--dataset", args.dataset, *data],
+        ["data", *source, *data],
         ["content"],
         ["apply"],
         ["materialize"],
@@ -297,16 +378,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("data", help="read a dataset into the offline store (parquet)")
-    p.add_argument("--dataset", required=True, help="ml-100k, ml-1m, ml-latest or synthetic")
+    p.add_argument("--spec", default=None, metavar="FILE",
+                   help="your own data: a dataset spec (YAML), or RecBole atomic files (a .inter "
+                   "file or its folder)")  # fmt: skip
+    names = "ml-100k, ml-1m, ml-latest, amazon-hin or synthetic"
+    p.add_argument("--dataset", default=None, metavar="NAME", help=f"a named dataset: {names}")
     p.add_argument(
-        "--data-dir", default=None, help="raw files (default: $TTR_DATA_DIR/NAME, else a cache)"
-    )
+        "--data-dir", default=None, metavar="DIR",
+        help="where a named dataset's raw files are (default: $TTR_DATA_DIR/NAME, else a cache "
+        "it is downloaded to); with --spec, where its relative paths resolve (default: the "
+        "spec's folder)",
+    )  # fmt: skip
     _add_config_flags(p, FeatureConfig, "features")
     _add_config_flags(p, SyntheticConfig, "synthetic dataset")
     _common(p, online=False)
     p.set_defaults(func=cmd_data)
-    p = sub.add_parser("content", help="text and poster vectors from pretrained encoders")
-    p.add_argument("--data-dir", default=None, help="raw files (default: where `ttr data` read)")
+    p = sub.add_parser("content", help="text and image vectors from pretrained encoders")
     _add_config_flags(p, ContentConfig, "content encoders")
     _common(p, online=False)
     p.set_defaults(func=cmd_content)
@@ -319,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_materialize)
     p = sub.add_parser("features", help="print one entity's online features as JSON")
     p.add_argument("entity", help="user or item")
-    p.add_argument("id", help="the entity's integer id")
+    p.add_argument("id", help="the entity's id (an integer or a string, as the data's)")
     _common(p)
     p.set_defaults(func=cmd_features)
     p = sub.add_parser("train", help="train both towers on point-in-time features; new version")
@@ -366,16 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_train_ranker)
     p = sub.add_parser("recommend", help="one user's top k through the whole pipeline")
-    p.add_argument("user_id", type=int, help="the user's integer id")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("user_id", help="the user's id (an integer or a string, as the data's)")
+    p.add_argument("--k", type=int, default=10, help="how many items (1-1000; default: 10)")
     p.add_argument("--include-seen", action="store_true", help="keep items the user has seen")
     _artifacts(p)
     _common(p)
     p.set_defaults(func=cmd_recommend)
-    p = sub.add_parser("explain", help="a PNG of one user's recent items and top k, as posters")
-    p.add_argument("user_id", type=int, help="the user's integer id")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", default=None, help="the PNG (default: explain_USER_ID.png)")
+    p = sub.add_parser("explain", help="a PNG of one user's recent items and top k, as tiles")
+    p.add_argument("user_id", help="the user's id (an integer or a string, as the data's)")
+    p.add_argument("--k", type=int, default=10, help="how many items (1-1000; default: 10)")
+    p.add_argument("--out", default=None,
+                   help="the PNG (default: explain_USER_ID.png in --artifacts)")  # fmt: skip
     _artifacts(p)
     _common(p)
     p.set_defaults(func=cmd_explain)
@@ -390,9 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("quickstart", help="the whole path on one dataset, end to end")
-    p.add_argument("--dataset", default="ml-100k")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--user", type=int, default=1)
+    p.add_argument("--dataset", default="ml-100k", help="a named dataset (default: ml-100k)")
+    p.add_argument("--spec", default=None, metavar="FILE", help="or your own data's spec")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="as for `ttr data`")
+    p.add_argument("--user", default="1", help="whose recommendations to show (default: 1)")
     _artifacts(p)
     _common(p, online=False)
     p.set_defaults(func=cmd_quickstart)

@@ -1,13 +1,14 @@
-"""Content vectors: a pretrained sentence encoder over each item's text, a pretrained image network
-over its poster, stored as the offline table `item_vectors` (materialized like any feature).
+"""Content vectors: a pretrained sentence encoder over each item's text (its title, categorical
+values and text features), a pretrained image network over its image file, stored as the offline
+table `item_vectors` (materialized like any feature).
 
 Every row carries the key of what its vectors were computed from (a hash of the encoder's name and
-its input: the text, the poster file's bytes), and content.json the encoder that computed them (its
+its input: the text, the image file's bytes), and content.json the encoder that computed them (its
 package version and settings). `ttr data` carries vectors over where the keys still match and flags
 the rest missing; `ttr content` checks the keys against the inputs again, recomputes every vector
 of a kind whose encoder changed, and otherwise only rows whose vector is missing while their input
 exists, so a rerun touches only items whose content changed. An item without text or
-poster keeps a null vector and `has_text` / `has_image` false, never zeros posing as data.
+image keeps a null vector and `has_text` / `has_image` false, never zeros posing as data.
 Both encoders are an optional extra; without them the item tower reads hashed words, no image.
 """
 
@@ -26,10 +27,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm import tqdm
 
+from retrieval import atomic
+from retrieval.catalogue import read_meta
 from retrieval.errors import TTRError
 from towers.inputs import present
+from towers.progress import Progress, Step, report
 
 TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 IMAGE_ENCODER = "EfficientNet-Lite0 ImageNet, pooled features"
@@ -38,7 +41,6 @@ TEXT_DIM = 384
 IMAGE_DIM = 1280
 TABLE = "item_vectors.parquet"
 INFO = "content.json"
-POSTER_SUFFIXES = (".jpg", ".jpeg", ".png")
 VECTOR = pa.list_(pa.float32())
 
 
@@ -49,59 +51,77 @@ class ContentConfig:
     image_width: int = 160  # (about their size in the MovieLens files; 224 x 224 took 1.9x as long)
 
 
-def item_text(items: pd.DataFrame) -> pd.Series:
-    """What the text encoder reads: title, genres and plot; "" where an item has none of them."""
+def item_text(items: pd.DataFrame, kinds: dict[str, str], title: bool) -> pd.Series:
+    """What the text encoder reads: the title, each categorical feature as "Name: a, b.", then
+    each text feature; "" where an item has none of them."""
+    parts = [items["title"].map(_clean)] if title else []
+    for name, kind in kinds.items():
+        if kind in ("categorical", "multi_categorical"):
+            label = name.replace("_", " ").capitalize()
+            values = items[name].map(lambda v: ", ".join(_values(v)))
+            parts.append(values.map(lambda v, label=label: f"{label}: {v}." if v else ""))
+        elif kind == "text":
+            parts.append(items[name].map(_clean))
+    if not parts:
+        return pd.Series("", index=items.index)
+    joined = [" ".join(p for p in row if p) for row in zip(*parts, strict=True)]
+    return pd.Series(joined, index=items.index)
 
-    def one(title: object, genres: object, plot: object) -> str:
-        parts = [str(title).strip() if pd.notna(title) else ""]
-        names = [] if genres is None or isinstance(genres, float) else list(genres)
-        parts.append(f"Genres: {', '.join(names)}." if names else "")
-        parts.append(str(plot).strip() if pd.notna(plot) else "")
-        return " ".join(p for p in parts if p)
 
-    return pd.Series(
-        [one(*row) for row in zip(items["title"], items["genres"], items["plot"], strict=True)],
-        index=items.index,
-    )
+def _clean(value: object) -> str:
+    return str(value).strip() if isinstance(value, str) else ""
 
 
-def poster_path(source: Path | None, item_id: int) -> Path | None:
-    """The item's poster file under `<source>/posters/`, if any."""
-    if source is None:
-        return None
-    for suffix in POSTER_SUFFIXES:
-        path = source / "posters" / f"{item_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
+def _values(value: object) -> list[str]:
+    if isinstance(value, (list, np.ndarray)):
+        return [str(v) for v in value]
+    return [str(value)] if isinstance(value, str) and value else []
+
+
+def image_paths(items: pd.DataFrame, kinds: dict[str, str]) -> list[Path | None]:
+    """Each item's image file (the spec's image feature), None where it has none."""
+    names = [name for name, kind in kinds.items() if kind == "image"]
+    if not names:
+        return [None] * len(items)
+    return [Path(p) if isinstance(p, str) and p else None for p in items[names[0]]]
 
 
 def _key(encoder: str, payload: bytes) -> str:
     return hashlib.sha256(encoder.encode() + b"\0" + payload).hexdigest()[:32]
 
 
-def keys(items: pd.DataFrame, source: Path | None) -> pd.DataFrame:
-    """Per item: the key of its text and of its poster (None where there is none)."""
-    text = item_text(items)
-    posters = [poster_path(source, int(i)) for i in items["item_id"]]
+def keys(items: pd.DataFrame, kinds: dict[str, str], title: bool) -> pd.DataFrame:
+    """Per item: the key of its text and of its image (None where there is none, or where the
+    image file cannot be read)."""
+    text = item_text(items, kinds, title)
     return pd.DataFrame(
         {
-            "item_id": items["item_id"].to_numpy(dtype=np.int64),
+            "item_id": items["item_id"].to_numpy(),
             "text_key": [_key(TEXT_ENCODER, t.encode()) if t else None for t in text],
-            "image_key": [_key(IMAGE_ENCODER, p.read_bytes()) if p else None for p in posters],
+            "image_key": [_image_key(p) for p in image_paths(items, kinds)],
         }
     )
+
+
+def _image_key(path: Path | None) -> str | None:
+    try:
+        return _key(IMAGE_ENCODER, path.read_bytes()) if path else None
+    except OSError:
+        return None
 
 
 def vectors_table(current: pd.DataFrame, previous: pa.Table | None, stamp: pa.Array) -> pa.Table:
     """The `item_vectors` table for the items and keys in `current`: each vector carried over from
     `previous` where its key is unchanged, else null (to compute)."""
     frame = current.reset_index(drop=True)
+    integer = pd.api.types.is_integer_dtype(frame["item_id"])
     columns: dict[str, pa.Array] = {
-        "item_id": pa.array(frame["item_id"], pa.int64()),
+        "item_id": pa.array(frame["item_id"], pa.int64() if integer else pa.string()),
         "event_timestamp": stamp,
     }
     old = previous.to_pandas() if previous is not None else None
+    if old is not None and old["item_id"].dtype != frame["item_id"].dtype:
+        old = None  # another dataset's ids: nothing carries over
     for kind in ("text", "image"):
         vectors = [None] * len(frame)
         if old is not None:
@@ -187,17 +207,13 @@ class Encoded:
     without: dict[str, int]  # kind -> items with no input for it (missing flag set)
 
 
-def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -> Encoded:
+def compute(offline_dir: Path, cfg: ContentConfig, progress: Progress | None = None) -> Encoded:
     """Fill every missing vector whose input exists, with the encoders that are installed; the
     table is rewritten atomically."""
-    from retrieval.offline import read_meta, write_table
-
     if not (offline_dir / TABLE).exists():
         raise TTRError(f"no content table in {offline_dir}: run `ttr data` first")
-    meta = read_meta(offline_dir)
-    source = source or (Path(meta["source"]) if meta.get("source") else None)
-    if source is not None and not source.is_dir():
-        raise TTRError(f"content: the dataset's files are not at {source} (pass --data-dir)")
+    schema = read_meta(offline_dir)["schema"]
+    kinds, title = schema["items"], schema["title"]
     items = pq.read_table(offline_dir / "item_content.parquet").to_pandas()
     table = pq.read_table(offline_dir / TABLE)
     if not table["item_id"].to_pandas().equals(items["item_id"]):
@@ -205,27 +221,23 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
     missing = missing_packages()
     recorded = info(offline_dir)
     changed = [k for k in ("text", "image") if k not in missing and _stale(recorded, k, cfg)]
-    frame = current(items, source, table, changed).to_pandas()
+    frame = current(items, kinds, title, table, changed).to_pandas()
     began = time.perf_counter()
     counts = {"text": 0, "image": 0}
-    inputs = {
-        "text": dict(zip(items["item_id"], item_text(items), strict=True)),
-        "image": {i: poster_path(source, int(i)) for i in items["item_id"]},
-    }
+    inputs = {"text": list(item_text(items, kinds, title)), "image": image_paths(items, kinds)}
     encoders: dict[str, Callable[[], Callable]] = {
         "text": TextEncoder, "image": lambda: ImageEncoder(cfg.image_height, cfg.image_width),
     }  # fmt: skip
     for kind in ("text", "image"):
-        todo = [r for r, (i, has) in enumerate(zip(frame["item_id"], frame[f"has_{kind}"],
-                                                   strict=True))
-                if not has and inputs[kind][i]]  # fmt: skip
+        has = frame[f"has_{kind}"].to_numpy()
+        todo = [r for r in range(len(frame)) if not has[r] and inputs[kind][r]]
         if kind == "text":  # batches of like lengths: a batch pads to its longest text
-            todo.sort(key=lambda r: len(inputs["text"][frame["item_id"].iloc[r]]))
+            todo.sort(key=lambda r: len(inputs["text"][r]))
         if kind in missing or not todo:
             continue
         encoder = encoders[kind]()
         vectors = list(frame[f"{kind}_vector"])
-        for rows, out in _batches(todo, encoder, inputs[kind], frame["item_id"], cfg.batch, kind):
+        for rows, out in _batches(todo, encoder, inputs[kind], cfg.batch, kind, progress):
             for r, v in zip(rows, out, strict=True):
                 vectors[r] = v
         frame[f"{kind}_vector"] = vectors
@@ -234,22 +246,21 @@ def compute(offline_dir: Path, cfg: ContentConfig, source: Path | None = None) -
     new = pa.table({name: pa.array(frame[name], table.schema.field(name).type)
                     for name in table.column_names})  # fmt: skip
     if not new.equals(table):
-        write_table(new, offline_dir / TABLE)
+        atomic.write(new, offline_dir / TABLE)
     without = {k: int((~frame[f"has_{k}"]).sum()) for k in ("text", "image")}
     _record(offline_dir, recorded, cfg, missing, frame)
     return Encoded(counts["text"], counts["image"], missing, time.perf_counter() - began, without)
 
 
-def _batches(rows: list[int], encoder: Callable, inputs: dict, ids: pd.Series, size: int,
-             kind: str) -> Iterator[tuple[list[int], np.ndarray]]:  # fmt: skip
-    with tqdm(total=len(rows), desc=f"{kind} vectors", unit=" items") as bar:
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            out = encoder([inputs[ids.iloc[r]] for r in chunk])
-            if not np.isfinite(out).all():
-                raise TTRError(f"the {kind} encoder returned NaN or Inf: nothing was written")
-            yield chunk, out
-            bar.update(len(chunk))
+def _batches(rows: list[int], encoder: Callable, inputs: list, size: int, kind: str,
+             progress: Progress | None) -> Iterator[tuple[list[int], np.ndarray]]:  # fmt: skip
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        out = encoder([inputs[r] for r in chunk])
+        if not np.isfinite(out).all():
+            raise TTRError(f"the {kind} encoder returned NaN or Inf: nothing was written")
+        yield chunk, out
+        report(progress, Step(f"{kind} vectors", start + len(chunk), len(rows), "items"))
 
 
 def identity(kind: str, cfg: ContentConfig) -> dict:
@@ -267,11 +278,11 @@ def _stale(recorded: dict, kind: str, cfg: ContentConfig) -> bool:
     return was.get("items", 0) > 0 and any(was.get(k) != v for k, v in identity(kind, cfg).items())
 
 
-def current(items: pd.DataFrame, source: Path | None, table: pa.Table,
+def current(items: pd.DataFrame, kinds: dict[str, str], title: bool, table: pa.Table,
             changed: list[str]) -> pa.Table:  # fmt: skip
-    """`table` with its keys taken afresh from the items' text and posters at `source`: vectors
-    whose input changed are dropped, and every vector of the kinds in `changed`."""
-    fresh = vectors_table(keys(items, source), table, table["event_timestamp"])
+    """`table` with its keys taken afresh from the items' text and images: vectors whose input
+    changed are dropped, and every vector of the kinds in `changed`."""
+    fresh = vectors_table(keys(items, kinds, title), table, table["event_timestamp"])
     for kind in changed:
         fresh = fresh.set_column(fresh.schema.get_field_index(f"{kind}_vector"), f"{kind}_vector",
                                  pa.nulls(len(fresh), VECTOR))  # fmt: skip
@@ -284,13 +295,11 @@ def _record(offline_dir: Path, recorded: dict, cfg: ContentConfig, missing: dict
             frame: pd.DataFrame) -> None:  # fmt: skip
     """content.json: each encoder's name, package version, settings and width, and how many items
     have a vector; a kind whose package is not installed keeps what was `recorded` of it."""
-    from retrieval.offline import write_text
-
     for kind, dim in {"text": TEXT_DIM, "image": IMAGE_DIM}.items():
         have = int(frame[f"has_{kind}"].sum())
         now = recorded.get(kind, {}) if kind in missing else identity(kind, cfg)
         recorded[kind] = {**now, "dim": dim, "items": have}
-    write_text(json.dumps(recorded, indent=2), offline_dir / INFO)
+    atomic.write(json.dumps(recorded, indent=2), offline_dir / INFO)
 
 
 def dims(offline_dir: Path) -> dict[str, int]:

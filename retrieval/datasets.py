@@ -1,9 +1,12 @@
-"""Raw MovieLens datasets read into one canonical shape, downloaded from GroupLens when missing.
+"""Named datasets: each is a spec shipped in `retrieval/specs/`, plus the step that gets its files.
 
-A `Dataset` holds three frames:
-  interactions: user_id, item_id, rating (NaN when implicit), timestamp (UTC), split ("" if none)
-  users:        user_id, age, gender, occupation, zip_prefix (nulls where a dataset has none)
-  items:        item_id, title, genres (list of names), year, plot, has_poster
+    ml-100k, ml-1m, ml-latest  raw MovieLens files (downloaded from GroupLens when missing,
+                               checked against their MD5), converted into the spec's parquet
+                               tables: genre flags into lists, poster files into paths
+    amazon-hin                 the raw files read as they are, by their spec
+    synthetic                  generated with planted structure, written as the spec's tables
+
+Everything after this step is the path any user's own spec takes (`retrieval.reader`).
 """
 
 from __future__ import annotations
@@ -16,52 +19,33 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.client import HTTPResponse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+import pyarrow as pa
 
+from retrieval import atomic, spec
 from retrieval.errors import TTRError
+from retrieval.reader import Dataset, read
 
+SPECS = Path(__file__).resolve().parent / "specs"
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
-ML1M_FIXED_TIME = pd.Timestamp("2003-03-01", tz="UTC")  # ml-1m interactions.tsv has no times
 ML1M_OCCUPATIONS = [
-    "other",
-    "academic/educator",
-    "artist",
-    "clerical/admin",
-    "college/grad student",
-    "customer service",
-    "doctor/health care",
-    "executive/managerial",
-    "farmer",
-    "homemaker",
-    "K-12 student",
-    "lawyer",
-    "programmer",
-    "retired",
-    "sales/marketing",
-    "scientist",
-    "self-employed",
-    "technician/engineer",
-    "tradesman/craftsman",
-    "unemployed",
-    "writer",
-]
-
-
-@dataclass
-class Dataset:
-    name: str
-    interactions: pd.DataFrame
-    users: pd.DataFrame
-    items: pd.DataFrame
-    genres: list[str]  # the order of every genre vector
-    truth: dict[str, np.ndarray] = field(default_factory=dict)  # planted structure (synthetic)
-    source: Path | None = None  # the directory of the raw files (posters live under it)
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+]  # fmt: skip
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+]  # fmt: skip
+POSTER_SUFFIXES = (".jpg", ".jpeg", ".png")
+Tables = dict[str, pd.DataFrame]  # "interactions", "users", "items" as the spec names them
 
 
 @dataclass(frozen=True)
@@ -80,6 +64,7 @@ ARCHIVES = {
     ),
     "ml-latest": Archive("ml-latest-small.zip", None, ("ratings.csv", "movies.csv")),
 }
+RAW = {"amazon-hin": ("user_item.dat", "item_brand.dat", "item_category.dat", "item_view.dat")}
 
 
 def default_data_dir(name: str) -> Path:
@@ -91,19 +76,46 @@ def default_data_dir(name: str) -> Path:
     return Path(cache) / "ttr" / name
 
 
-def load(name: str, data_dir: Path | None = None) -> Dataset:
-    """Read dataset `name` from `data_dir`, downloading a missing MovieLens archive first."""
-    if name not in LOADERS:
-        raise TTRError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+def load(name: str, data_dir: Path | None, out_dir: Path,
+         progress: Callable[[int], object] | None = None) -> Dataset:  # fmt: skip
+    """Named dataset `name` read through its spec; MovieLens files are found in `data_dir`
+    (downloaded there when missing, `progress` called with each chunk's bytes) and converted
+    into `out_dir`."""
+    if name not in CONVERTERS and name not in RAW:
+        raise TTRError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}, "
+                       "or describe your own with --spec")  # fmt: skip
     data_dir = Path(data_dir) if data_dir else default_data_dir(name)
-    ensure_present(name, data_dir)
+    if name in RAW:
+        missing = [f for f in RAW[name] if not (data_dir / f).is_file()]
+        if missing:
+            raise TTRError(f"{name}: missing {', '.join(missing)} in {data_dir}; pass --data-dir "
+                           "or set TTR_DATA_DIR (this dataset is not downloaded)")  # fmt: skip
+        return read(spec.load(SPECS / f"{name}.yaml", data_dir))
+    ensure_present(name, data_dir, progress)
     try:
-        return LOADERS[name](data_dir)
+        tables = CONVERTERS[name](data_dir)
     except (ValueError, KeyError, IndexError, pd.errors.ParserError) as err:
         raise TTRError(f"{name}: malformed data in {data_dir}: {err}") from err
+    return read_tables(tables, spec_file(name, tables), out_dir)
 
 
-def ensure_present(name: str, data_dir: Path) -> None:
+def spec_file(name: str, tables: Tables) -> Path:
+    """The shipped spec of a converted dataset (ml-1m's official ratings carry times and no
+    split, unlike its fixed benchmark split)."""
+    if name == "ml-1m" and "timestamp" in tables["interactions"]:
+        return SPECS / "ml-1m-ratings.yaml"
+    return SPECS / f"{name}.yaml"
+
+
+def read_tables(tables: Tables, spec_path: Path, out_dir: Path) -> Dataset:
+    """`tables` written as parquet into `out_dir` (atomically), then read through the spec."""
+    atomic.write_all({out_dir / f"{name}.parquet": pa.Table.from_pandas(frame, preserve_index=False)
+                      for name, frame in tables.items()})  # fmt: skip
+    return read(spec.load(spec_path, out_dir))
+
+
+def ensure_present(name: str, data_dir: Path,
+                   progress: Callable[[int], object] | None = None) -> None:  # fmt: skip
     """Check the raw files exist; download and verify the official archive if they do not."""
     missing = missing_files(name, data_dir)
     if not missing:
@@ -114,7 +126,7 @@ def ensure_present(name: str, data_dir: Path) -> None:
             "no download); pass --data-dir or set TTR_DATA_DIR"
         )
     try:
-        download(ARCHIVES[name], data_dir)
+        download(ARCHIVES[name], data_dir, progress)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise TTRError(
             f"{name}: missing {', '.join(missing)} in {data_dir}, and the download from "
@@ -133,11 +145,12 @@ def missing_files(name: str, data_dir: Path) -> list[str]:
     return [f for f in ARCHIVES[name].required if not (data_dir / f).is_file()]
 
 
-def download(archive: Archive, data_dir: Path) -> None:
+def download(archive: Archive, data_dir: Path, progress: Callable[[int], object] | None = None,
+             ) -> None:  # fmt: skip
     """Fetch `archive` from GroupLens, verify its MD5, and extract it flat into `data_dir`."""
     url = f"{GROUPLENS}/{archive.zip_name}"
     with urllib.request.urlopen(url, timeout=60) as response:
-        payload = _read_with_progress(response, archive.zip_name)
+        payload = _read_all(response, progress)
     expected = archive.md5 or published_md5(url)
     actual = hashlib.md5(payload).hexdigest()
     if actual != expected:
@@ -150,13 +163,12 @@ def download(archive: Archive, data_dir: Path) -> None:
                 target.write_bytes(zf.read(member))
 
 
-def _read_with_progress(response: HTTPResponse, name: str) -> bytes:
-    size = int(response.headers.get("Content-Length") or 0) or None
+def _read_all(response: HTTPResponse, progress: Callable[[int], object] | None) -> bytes:
     chunks = []
-    with tqdm(total=size, desc=f"downloading {name}", unit="B", unit_scale=True) as bar:
-        while chunk := response.read(1 << 20):
-            chunks.append(chunk)
-            bar.update(len(chunk))
+    while chunk := response.read(1 << 20):
+        chunks.append(chunk)
+        if progress:
+            progress(len(chunk))
     return b"".join(chunks)
 
 
@@ -208,13 +220,15 @@ def _reject(bad: pd.Series, column: pd.Series, path: Path, first_line: int) -> N
 
 
 def _year(titles: pd.Series) -> pd.Series:
-    return titles.str.extract(r"\((\d{4})\)\s*$")[0].astype("Int64")
+    return titles.str.extract(r"\((\d{4})\)\s*$")[0].astype("float64")
 
 
-def _posters(items: pd.DataFrame, data_dir: Path) -> pd.Series:
+def _posters(items: pd.DataFrame, data_dir: Path) -> list[str | None]:
+    """Each item's poster file under `<data_dir>/posters/` (`<item_id>.jpg`, .jpeg or .png)."""
     folder = data_dir / "posters"
-    have = {p.stem for p in folder.glob("*.jpg")} if folder.is_dir() else set()
-    return items["item_id"].astype(str).isin(have)
+    found = {p.stem: str(p.resolve()) for suffix in reversed(POSTER_SUFFIXES)
+             for p in (folder.glob(f"*{suffix}") if folder.is_dir() else [])}  # fmt: skip
+    return [found.get(str(i)) for i in items["item_id"]]
 
 
 def _plots(items: pd.DataFrame, data_dir: Path) -> pd.Series:
@@ -227,23 +241,20 @@ def _plots(items: pd.DataFrame, data_dir: Path) -> pd.Series:
     return items["item_id"].map(plots.set_index("item_id")["description"]).astype("string")
 
 
-def _seconds(values: pd.Series) -> pd.Series:
-    return pd.to_datetime(values, unit="s", utc=True).astype("datetime64[us, UTC]")
+def _movies(items: pd.DataFrame, data_dir: Path) -> pd.DataFrame:
+    """The items table of a MovieLens spec: plots and posters found beside the files."""
+    return items.assign(plot=_plots(items, data_dir), poster=_posters(items, data_dir))
 
 
-def _check_refs(inter: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, name: str) -> None:
-    unknown_items = ~inter["item_id"].isin(items["item_id"])
-    if unknown_items.any():
-        raise TTRError(
-            f"{name}: {int(unknown_items.sum())} interactions name items missing "
-            f"from the catalogue (first: {int(inter['item_id'][unknown_items].iloc[0])})"
-        )
-    unknown_users = ~inter["user_id"].isin(users["user_id"])
-    if unknown_users.any():
-        raise TTRError(f"{name}: {int(unknown_users.sum())} interactions name unknown users")
+def _ratings(inter: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": inter["user_id"], "item_id": inter["item_id"],
+        "rating": inter["rating"].astype("float32"),
+        "timestamp": pd.to_datetime(inter["ts"], unit="s", utc=True).dt.as_unit("us"),
+    })  # fmt: skip
 
 
-def load_ml100k(data_dir: Path) -> Dataset:
+def convert_ml100k(data_dir: Path) -> Tables:
     genres = (
         [g.split("|")[0] for g in (data_dir / "u.genre").read_text().split("\n") if g.strip()]
         if (data_dir / "u.genre").is_file()
@@ -257,85 +268,53 @@ def load_ml100k(data_dir: Path) -> Dataset:
     items = _table(data_dir / "u.item", "|", columns, ints=["item_id", *genres],
                    encoding="latin-1", dtype=str)  # fmt: skip
     flags = items[genres].to_numpy(dtype=bool)
-    out_items = pd.DataFrame(
-        {
-            "item_id": items["item_id"],
-            "title": items["title"].astype("string"),
-            "genres": [[g for g, f in zip(genres, row, strict=True) if f] for row in flags],
-            "year": _year(items["title"].fillna("")),
-        }
-    )
-    return _finish("ml-100k", data_dir, inter, users, out_items, genres)
+    movies = pd.DataFrame({
+        "item_id": items["item_id"], "title": items["title"].astype("string"),
+        "genres": [[g for g, f in zip(genres, row, strict=True) if f] for row in flags],
+        "year": _year(items["title"].fillna("")),
+    })  # fmt: skip
+    return {"interactions": _ratings(inter), "users": _people(users), "items": _movies(movies,
+            data_dir)}  # fmt: skip
 
 
-def _finish(
-    name: str,
-    data_dir: Path,
-    inter: pd.DataFrame,
-    users: pd.DataFrame,
-    items: pd.DataFrame,
-    genres: list[str],
-) -> Dataset:
-    """The canonical frames, with plots and posters found beside the files, references checked."""
-    items = items.assign(plot=_plots(items, data_dir), has_poster=_posters(items, data_dir))
-    users = users.reindex(columns=["user_id", "age", "gender", "occupation", "zip"])
-    users = pd.DataFrame(
-        {
-            "user_id": users["user_id"].astype("int64"),
-            "age": users["age"].astype("Int64"),
-            "gender": users["gender"].astype("string"),
-            "occupation": users["occupation"].astype("string"),
-            "zip_prefix": users["zip"].astype("string").str[:3],
-        }
-    )
-    interactions = pd.DataFrame(
-        {
-            "user_id": inter["user_id"].astype("int64"),
-            "item_id": inter["item_id"].astype("int64"),
-            "rating": inter["rating"].astype("float32") if "rating" in inter else np.float32("nan"),
-            "timestamp": inter["timestamp"] if "timestamp" in inter else _seconds(inter["ts"]),
-            "split": inter["split"].astype(str) if "split" in inter else "",
-        }
-    )
-    _check_refs(interactions, users, items, name)
-    return Dataset(
-        name, interactions, users, items.reset_index(drop=True), list(genres),
-        source=data_dir.resolve(),
-    )  # fmt: skip
+def _people(users: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": users["user_id"].astype("int64"), "age": users["age"].astype("float64"),
+        "gender": users["gender"].astype("string"),
+        "occupation": users["occupation"].astype("string"),
+        "zip_prefix": users["zip"].astype("string").str[:3],
+    })  # fmt: skip
 
 
-def load_ml1m(data_dir: Path) -> Dataset:
+def convert_ml1m(data_dir: Path) -> Tables:
     columns = ["user_id", "gender", "age", "occ", "zip"]
     users = _table(data_dir / "users.dat", "::", columns, ints=["user_id", "age", "occ"], dtype=str)
     users["occupation"] = users["occ"].map(dict(enumerate(ML1M_OCCUPATIONS)))
     columns = ["item_id", "title", "genres"]
     movies = _table(data_dir / "movies.dat", "::", columns, ints=["item_id"],
                     encoding="latin-1", dtype=str)  # fmt: skip
-    genres = sorted({g for gs in movies["genres"].fillna("") for g in gs.split("|") if g})
-    items = pd.DataFrame(
-        {
-            "item_id": movies["item_id"],
-            "title": movies["title"].astype("string"),
-            "genres": [gs.split("|") if gs else [] for gs in movies["genres"].fillna("")],
-            "year": _year(movies["title"].fillna("")),
-        }
-    )
-    return _finish("ml-1m", data_dir, _ml1m_interactions(data_dir), users, items, genres)
+    items = pd.DataFrame({
+        "item_id": movies["item_id"], "title": movies["title"].astype("string"),
+        "genres": [gs.split("|") if gs else [] for gs in movies["genres"].fillna("")],
+        "year": _year(movies["title"].fillna("")),
+    })  # fmt: skip
+    return {"interactions": _ml1m_interactions(data_dir), "users": _people(users),
+            "items": _movies(items, data_dir)}  # fmt: skip
 
 
 def _ml1m_interactions(data_dir: Path) -> pd.DataFrame:
     path = data_dir / "ratings.dat"
     if path.is_file():
         columns = ["user_id", "item_id", "rating", "ts"]
-        return _table(path, "::", columns, ints=columns)
+        return _ratings(_table(path, "::", columns, ints=columns))
     path = data_dir / "interactions.tsv"
     columns = ["user_id", "item_id", "split"]
     inter = _table(path, "\t", columns, ints=["user_id", "item_id"], skiprows=1, dtype=str)
     _reject(~inter["split"].isin(["train", "test"]), inter["split"], path, 2)
-    return inter.assign(timestamp=ML1M_FIXED_TIME.as_unit("us"))
+    return inter
 
 
-def load_ml_latest(data_dir: Path) -> Dataset:
+def convert_ml_latest(data_dir: Path) -> Tables:
     path = data_dir / "ratings.csv"
     columns = ["user_id", "item_id", "rating", "ts"]
     inter = _table(path, ",", columns, ints=["user_id", "item_id", "ts"], skiprows=1)
@@ -343,53 +322,27 @@ def load_ml_latest(data_dir: Path) -> Dataset:
     _reject(rating.isna(), inter["rating"], path, 2)
     inter["rating"] = rating
     path = data_dir / "movies.csv"
+    if not path.is_file():
+        raise TTRError(f"missing file {path}")
     movies = pd.read_csv(path, dtype={"title": "string", "genres": "string"})
     if list(movies.columns[:3]) != ["movieId", "title", "genres"]:
         raise TTRError(f"malformed header in {path}: expected movieId,title,genres")
     movies = _ints(movies.rename(columns={"movieId": "item_id"}), ["item_id"], path, 2)
-    split = (
+    genres = (
         movies["genres"]
         .fillna("")
         .map(lambda s: [g for g in s.split("|") if g and g != "(no genres listed)"])
     )
-    genres = sorted({g for gs in split for g in gs})
-    items = pd.DataFrame(
-        {
-            "item_id": movies["item_id"],
-            "title": movies["title"].str.strip(),
-            "genres": split,
-            "year": _year(movies["title"].fillna("")),
-        }
-    )
-    users = pd.DataFrame({"user_id": np.unique(inter["user_id"])})
-    return _finish("ml-latest", data_dir, inter, users, items, genres)
+    items = pd.DataFrame({
+        "item_id": movies["item_id"], "title": movies["title"].str.strip(), "genres": genres,
+        "year": _year(movies["title"].fillna("")),
+    })  # fmt: skip
+    return {"interactions": _ratings(inter), "items": items}
 
 
-ML100K_GENRES = [
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-]
-
-LOADERS: dict[str, Callable[[Path], Dataset]] = {
-    "ml-100k": load_ml100k,
-    "ml-1m": load_ml1m,
-    "ml-latest": load_ml_latest,
+CONVERTERS: dict[str, Callable[[Path], Tables]] = {
+    "ml-100k": convert_ml100k,
+    "ml-1m": convert_ml1m,
+    "ml-latest": convert_ml_latest,
 }
-DATASETS = [*LOADERS, "synthetic"]
+DATASETS = [*CONVERTERS, *RAW, "synthetic"]

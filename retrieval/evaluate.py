@@ -1,7 +1,9 @@
 """The `ttr evaluate` stage: full-ranking metrics on the test split, baselines in the same run.
 
 Every model ranks the whole catalogue for each test user, with the items the user interacted with
-before the test period excluded; relevant items are the user's test items not seen before.
+before the test period excluded; relevant items are the user's test items not seen before. Every
+full-ranking model is an inner product of user and item vectors (popularity, iALS, the towers,
+the cold-start baselines), ranked through `towers.metrics.top_k` a chunk of users at a time.
 """
 
 from __future__ import annotations
@@ -12,36 +14,37 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import scipy.sparse as sp_sparse
 import torch
 
 from retrieval import artifacts, index, store
+from retrieval.catalogue import read_meta
 from retrieval.errors import TTRError
-from retrieval.offline import activity_from, feature_config, read_meta
+from retrieval.offline import activity_from
 from retrieval.ranking import catalogue_items, ncf_candidates
 from retrieval.training import (
     Split,
     SplitConfig,
-    catalogue_frame,
+    World,
     embed_items,
     fit,
     load_towers,
     modalities_of,
-    rows_of,
-    split,
+    read_split,
+    sets_of_rows,
     user_frame,
-    vocab_of,
+    world_of,
 )
 from towers import metrics
 from towers import nn as tnn
-from towers.inputs import Vocab, categorical_inputs, user_inputs
+from towers.inputs import Vocab, share_hot, user_inputs
+from towers.progress import Progress, say
 from towers.ranker import Ranker
 from towers.train import Inputs, TrainConfig, embed, take
 
 K_VALUES = (10, 20, 50, 100)
 K_MAX = max(K_VALUES)
-ABLATION = {  # the image variant runs where posters have vectors (`ttr content`)
+ABLATION = {  # each variant runs where the catalogue has its inputs
     "id": ("id",),
     "id+categorical": ("id", "categorical"),
     "id+categorical+text": ("id", "categorical", "text"),
@@ -76,9 +79,8 @@ class Protocol:
     warm: np.ndarray  # whether the user has any interaction before the test period
 
 
-def protocol(before: pd.DataFrame, test: pd.DataFrame, row_of: dict[int, int]) -> Protocol:
-    seen = before.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
-    wanted = test.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
+def protocol(before: pd.DataFrame, test: pd.DataFrame, vocab: Vocab) -> Protocol:
+    seen, wanted = sets_of_rows(before, vocab), sets_of_rows(test, vocab)
     users = [u for u in sorted(wanted.index) if wanted[u] - seen.get(u, set())]
     return Protocol(
         np.array(users), [wanted[u] - seen.get(u, set()) for u in users],
@@ -86,58 +88,56 @@ def protocol(before: pd.DataFrame, test: pd.DataFrame, row_of: dict[int, int]) -
     )  # fmt: skip
 
 
-def top_k(scores: np.ndarray, exclude: list[set[int]], k: int) -> list[list[int]]:
-    """Row indices of the k best scores per user, excluded rows never among them."""
-    scores = scores.copy()
-    for row, done in enumerate(exclude):
-        scores[row, list(done)] = -np.inf
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    best = np.take_along_axis(scores, part, axis=1)
-    order = best.argsort(axis=1)[:, ::-1]
-    ranked, kept = np.take_along_axis(part, order, axis=1), np.take_along_axis(best, order, axis=1)
-    return [row[np.isfinite(keep)].tolist() for row, keep in zip(ranked, kept, strict=True)]
+def counts_of(rows: pd.DataFrame, vocab: Vocab) -> np.ndarray:
+    """Interactions per catalogue row."""
+    return np.bincount(vocab.items.rows(rows["item_id"]), minlength=len(vocab.items)).astype(
+        np.float32
+    )
 
 
-def popularity_scores(before: pd.DataFrame, row_of: dict[int, int], n_users: int) -> np.ndarray:
-    counts = np.bincount([row_of[i] for i in before["item_id"]], minlength=len(row_of))
-    return np.tile(counts.astype(np.float32), (n_users, 1))
+def popularity_vectors(before: pd.DataFrame, vocab: Vocab, n_users: int) -> tuple[np.ndarray, ...]:
+    """Popularity as an inner product: every user (1) times each item's count."""
+    return np.ones((n_users, 1), np.float32), counts_of(before, vocab)[:, None]
 
 
-def ials_scores(train: pd.DataFrame, row_of: dict[int, int], users: np.ndarray,
-                factors: int, regularization: float, iterations: int) -> np.ndarray:  # fmt: skip
-    """iALS (the `implicit` library) fit on `train`; users it never saw score by popularity."""
+def ials_vectors(
+    train: pd.DataFrame, vocab: Vocab, users: np.ndarray, factors: int, regularization: float,
+    iterations: int,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """iALS (the `implicit` library) fit on `train`, as (user, item) vectors whose inner product
+    is its score; a user it never saw scores by popularity (a last column of counts)."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
     known = {u: r for r, u in enumerate(np.sort(train["user_id"].unique()))}
     rows = train["user_id"].map(known).to_numpy()
-    cols = np.array([row_of[i] for i in train["item_id"]])
+    cols = vocab.items.rows(train["item_id"])
     matrix = sp_sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
-                                  shape=(len(known), len(row_of)))  # fmt: skip
-    with threadpool_limits(
-        1, "blas"
-    ):  # implicit's own threads do the work; BLAS threads fight them
+                                  shape=(len(known), len(vocab.items)))  # fmt: skip
+    with threadpool_limits(1, "blas"):  # implicit's own threads do the work; BLAS's fight them
         model = AlternatingLeastSquares(
             factors=factors, regularization=regularization, iterations=iterations, random_state=0
         )
         model.fit(matrix, show_progress=False)
-    scores = popularity_scores(train, row_of, len(users)) * 1e-9
+    user_x = np.zeros((len(users), factors + 1), np.float32)
     for i, u in enumerate(users):
         if u in known:
-            scores[i] = model.user_factors[known[u]] @ model.item_factors.T
-    return scores
+            user_x[i, :factors] = model.user_factors[known[u]]
+        else:
+            user_x[i, factors] = 1.0
+    item_x = np.hstack([model.item_factors, counts_of(train, vocab)[:, None]])
+    return user_x, item_x.astype(np.float32)
 
 
-def ials_grid(sp: Split, row_of: dict[int, int], cfg: EvalConfig) -> dict:
+def ials_grid(sp: Split, vocab: Vocab, cfg: EvalConfig) -> dict:
     """iALS's factors and regularization with the best validation recall@20 (fit on the training
     rows), and its validation recall@20 and NDCG@20."""
-    val = protocol(sp.train, sp.validation, row_of)
+    val = protocol(sp.train, sp.validation, vocab)
     best: dict = {"val_recall@20": -1.0}
     for factors in cfg.ials_factors:
         for reg in cfg.ials_regularization:
-            scores = ials_scores(sp.train, row_of, val.users, factors, reg, cfg.ials_iterations)
-            top = top_k(scores, val.exclude, 20)
+            vectors = ials_vectors(sp.train, vocab, val.users, factors, reg, cfg.ials_iterations)
+            top = metrics.top_k(*vectors, val.exclude, 20)
             recall = metrics.recall_at_k(top, val.relevant, 20)
             if recall > best["val_recall@20"]:
                 best = {"factors": factors, "regularization": reg, "val_recall@20": recall,
@@ -145,17 +145,16 @@ def ials_grid(sp: Split, row_of: dict[int, int], cfg: EvalConfig) -> dict:
     return best
 
 
-def tuned_ials(
-    sp: Split, row_of: dict[int, int], cfg: EvalConfig, users: np.ndarray
-) -> tuple[np.ndarray, dict]:
+def tuned_ials(sp: Split, vocab: Vocab, cfg: EvalConfig, users: np.ndarray,
+               ) -> tuple[tuple[np.ndarray, np.ndarray], dict]:  # fmt: skip
     """Pick factors and regularization by validation recall@20, then refit on train+validation."""
-    chosen = ials_grid(sp, row_of, cfg)
-    scores = ials_scores(before_test(sp), row_of, users, chosen["factors"],
-                         chosen["regularization"], cfg.ials_iterations)  # fmt: skip
-    return scores, chosen
+    chosen = ials_grid(sp, vocab, cfg)
+    vectors = ials_vectors(before_test(sp), vocab, users, chosen["factors"],
+                           chosen["regularization"], cfg.ials_iterations)  # fmt: skip
+    return vectors, chosen
 
 
-def scored(top: list[list[int]], proto: Protocol, temporal: bool) -> dict:
+def scored(top: np.ndarray | list, proto: Protocol, temporal: bool) -> dict:
     out = metrics.report(top, proto.relevant, K_VALUES)
     if temporal:
         for name, mask in (("warm", proto.warm), ("cold", ~proto.warm)):
@@ -164,14 +163,14 @@ def scored(top: list[list[int]], proto: Protocol, temporal: bool) -> dict:
     return out
 
 
-def group(top: list[list[int]], proto: Protocol, mask: np.ndarray) -> dict:
+def group(top: np.ndarray | list, proto: Protocol, mask: np.ndarray) -> dict:
     """The metrics of the users `mask` picks, and their number."""
     part = [t for t, m in zip(top, mask, strict=True) if m]
     rel = [r for r, m in zip(proto.relevant, mask, strict=True) if m]
     return {"users": len(part), **(metrics.report(part, rel, K_VALUES) if part else {})}
 
 
-def by_activity(top: list[list[int]], proto: Protocol, parts: int = ACTIVITY_GROUPS) -> dict:
+def by_activity(top: np.ndarray | list, proto: Protocol, parts: int = ACTIVITY_GROUPS) -> dict:
     """Metrics per group of users by their count of items before the test ("LO-HI", quantile
     groups): a model can lead on light users and trail on heavy ones, whose many test items weigh
     most in NDCG and precision."""
@@ -186,45 +185,38 @@ def by_activity(top: list[list[int]], proto: Protocol, parts: int = ACTIVITY_GRO
     return out
 
 
-def ann_top(
-    version: Path, users: np.ndarray, items: np.ndarray, proto: Protocol, k: int = K_MAX
-) -> list[list[int]]:
-    """Top k through the version's FAISS index, over-fetched to make room for excluded items."""
+def ann_top(version: Path, users: np.ndarray, proto: Protocol, k: int = K_MAX) -> list[list[int]]:
+    """Top k through the version's FAISS index (its ids are catalogue rows)."""
     built, info = index.load(version)
-    row_of = rows_of(items)
-    depth = k + max((len(e) for e in proto.exclude), default=0)
-    _, ids = index.search(built, info["params"], users, min(depth, len(items)))
-    return [[row_of[i] for i in row if i >= 0 and row_of[i] not in done][:k]
-            for row, done in zip(ids, proto.exclude, strict=True)]  # fmt: skip
+    found = index.search_excluding(built, info["params"], users, k, proto.exclude)
+    return [rows.tolist() for rows, _ in found]
 
 
-def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
+def run(prof: store.Profile, root: Path, cfg: EvalConfig, progress: Progress | None = None) -> dict:
     """Every model on the latest version's test split and, with `cfg.retrain`, the two-tower
     retrained on each subset of item-tower inputs and with items held out for a cold start;
     the JSON `ttr evaluate --json` writes."""
     version = artifacts.latest(root)
     manifest = artifacts.manifest(version)
     split_cfg = SplitConfig(manifest["split"]["cutoff"], manifest["split"]["validation"])
-    inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
-    sp = split(inter, manifest["dataset"], split_cfg, manifest["train"]["seed"])
-    feast_store = store.open_store(prof)
-    catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
-    row_of = rows_of(catalogue["item_id"])
-    proto = protocol(before_test(sp), sp.test, row_of)
-    vocab = vocab_of(manifest)
+    sp = read_split(prof.offline_dir, manifest["split"], manifest["train"]["seed"])
+    world = world_of(prof, sp, read_meta(prof.offline_dir), vocab=Vocab.load(version))
+    vocab = world.vocab
+    proto = protocol(before_test(sp), sp.test, vocab)
     user_tower, item_tower = load_towers(version)
-    user_x = users_at_test(prof, sp, vocab, proto.users, catalogue)
+    user_x = users_at_test(world, sp, proto.users)
     users = embed(user_tower, user_x).numpy()
-    items = embed_items(item_tower, vocab, catalogue)
-    scores, ials_params = rankings(sp, row_of, proto, users, items, cfg)
-    tops = {name: top_k(s, proto.exclude, K_MAX) for name, s in scores.items()}
+    items = embed_items(item_tower, vocab, world.catalogue)
+    ials, ials_params = tuned_ials(sp, vocab, cfg, proto.users)
+    vectors = {"popularity": popularity_vectors(before_test(sp), vocab, len(users)),
+               "ials": ials, "two_tower": (users, items)}  # fmt: skip
+    tops = {name: metrics.top_k(*v, proto.exclude, K_MAX) for name, v in vectors.items()}
     if (version / "index.json").exists():
-        tops["two_tower_ann"] = ann_top(version, users, catalogue["item_id"].to_numpy(), proto)
-    ranker = latest_ranker(root, manifest["version"])
+        tops["two_tower_ann"] = ann_top(version, users, proto)
+    ranker = latest_ranker(root, manifest["version"], progress)
     if ranker is not None:
-        items_x = catalogue_items(feast_store, vocab, catalogue, sp.test_time)
-        ranked = RankerView(ranker, user_x, items_x, scores["two_tower"])
-        tops["two_stage"] = two_stage(scores["two_tower"], proto, ranked, cfg.candidates)
+        ranked = RankerView(ranker, user_x, catalogue_items(world, sp.test_time), users, items)
+        tops["two_stage"] = two_stage(proto, ranked, cfg.candidates)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
     temporal = sp.kind == "temporal"
     result = {
@@ -234,20 +226,21 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig) -> dict:
         "models": {name: scored(top, proto, temporal) for name, top in tops.items()},
     }  # fmt: skip
     if ranker is not None:
-        result["ncf_protocol"] = ncf_protocol(sp.test, proto, row_of, scores, ranked, cfg.seed)
-    result["similar"] = similar(items, catalogue, row_of, before_test(sp))
+        result["ncf_protocol"] = ncf_protocol(sp.test, proto, vocab, vectors, ranked, cfg.seed)
+    feature = group_feature(vocab)
+    if feature:
+        result["similar"] = similar(items, world.catalogue, feature, counts_of(before_test(sp),
+                                                                                vocab))  # fmt: skip
     train_cfg = TrainConfig(**manifest["train"])
     if cfg.retrain and cfg.ablation:
         result["ablation"] = {
-            name: scored(ablated(prof, train_cfg, split_cfg, modalities, catalogue, proto),
+            name: scored(ablated(prof, train_cfg, split_cfg, modalities, world, proto, progress),
                          proto, temporal)
             for name, modalities in ABLATION.items()
-            if "image" not in modalities or vocab.image_dim
+            if set(modalities) <= set(modalities_of(vocab))
         }  # fmt: skip
     if cfg.retrain:
-        result["cold_start"] = cold_start(
-            prof, train_cfg, split_cfg, cfg, catalogue, proto, cold_start_variants(vocab)
-        )
+        result["cold_start"] = cold_start(prof, train_cfg, split_cfg, cfg, world, proto, progress)
     return result
 
 
@@ -255,73 +248,83 @@ def before_test(sp: Split) -> pd.DataFrame:
     return pd.concat([sp.train, sp.validation])
 
 
-def users_at_test(
-    prof: store.Profile, sp: Split, vocab: Vocab, user_ids: np.ndarray, catalogue: pd.DataFrame,
-    afresh: bool = False,
-) -> Inputs:  # fmt: skip
+def users_at_test(world: World, sp: Split, user_ids: np.ndarray, afresh: bool = False) -> Inputs:
     """User-tower inputs of `user_ids` as of the test time. A random split is drawn after the
     store was built, whose activity features as of then count the test rows themselves: there
     (and with `afresh`: a cold start's store holds its held-out items) they are computed from the
     rows before the test instead, as the store would hold them had the rest never happened."""
-    frame = user_frame(store.open_store(prof), user_ids, sp.test_time)
+    frame = user_frame(world.feast_store, user_ids, sp.test_time)
     if afresh or sp.kind == "random":
-        features = feature_config(read_meta(prof.offline_dir))
-        frame = activity_from(before_test(sp), frame, catalogue, vocab.genres, features)
-    return user_inputs(frame, vocab)
+        frame = activity_from(before_test(sp), frame, world.shares, world.features)
+    return user_inputs(frame, world.vocab)
 
 
-def similar(items: np.ndarray, catalogue: pd.DataFrame, row_of: dict[int, int],
-            before: pd.DataFrame) -> dict:  # fmt: skip
-    """What `/similar` returns, judged by genre: for every catalogue item with a genre, the share
-    of its SIMILAR_K nearest items (by item embedding, itself excluded) that share a genre with
-    it, against the SIMILAR_K most popular other items."""
-    genres = [set(_names(g)) for g in catalogue["genres"]]
-    queries = np.array([r for r, g in enumerate(genres) if g])
-    scores = items[queries] @ items.T
-    scores[np.arange(len(queries)), queries] = -np.inf
-    nearest = np.argpartition(-scores, SIMILAR_K, axis=1)[:, :SIMILAR_K]
-    counts = np.bincount(before["item_id"].map(row_of), minlength=len(catalogue))
+def group_feature(vocab: Vocab) -> str | None:
+    """The item feature that groups items for `/similar`'s check and the cold-start baselines:
+    the first categorical or multi_categorical one (ml-*: genres), None where there is none."""
+    return next(iter(vocab.shares), None)
+
+
+def value_sets(catalogue: pd.DataFrame, feature: str) -> list[set[str]]:
+    return [set(_names(v)) for v in catalogue[feature]]
+
+
+def similar(items: np.ndarray, catalogue: pd.DataFrame, feature: str, counts: np.ndarray) -> dict:
+    """What `/similar` returns, judged by `feature`: for every catalogue item with a value of it,
+    the share of its SIMILAR_K nearest items (by item embedding, itself excluded) that share a
+    value with it, against the SIMILAR_K most popular other items."""
+    values = value_sets(catalogue, feature)
+    queries = np.array([r for r, v in enumerate(values) if v])
+    if not len(queries):
+        return {"feature": feature, "items": 0}
+    nearest = metrics.top_k(items[queries], items, [{int(q)} for q in queries], SIMILAR_K)
     popular = np.argsort(-counts, kind="stable")[: SIMILAR_K + 1]
     top_popular = [[r for r in popular if r != q][:SIMILAR_K] for q in queries]
 
     def share(lists: list | np.ndarray) -> float:
-        hits = [np.mean([bool(genres[q] & genres[r]) for r in rows])
+        hits = [np.mean([bool(values[q] & values[r]) for r in rows if r >= 0])
                 for q, rows in zip(queries, lists, strict=True)]  # fmt: skip
         return float(np.mean(hits))
 
-    key = f"genre_share@{SIMILAR_K}"
-    return {"items": len(queries), "two_tower": {key: share(nearest)},
+    key = f"shared_value@{SIMILAR_K}"
+    return {"feature": feature, "items": len(queries), "two_tower": {key: share(nearest)},
             "popularity": {key: share(top_popular)}}  # fmt: skip
 
 
 def ablated(
     prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig, modalities: tuple[str, ...],
-    catalogue: pd.DataFrame, proto: Protocol,
-) -> list[list[int]]:  # fmt: skip
+    world: World, proto: Protocol, progress: Progress | None,
+) -> np.ndarray:  # fmt: skip
     """Top K_MAX of the two-tower retrained with the item tower on `modalities` only."""
-    print(f"ablation: item tower on {'+'.join(modalities)}")
-    f = fit(prof, cfg, split_cfg, modalities)
-    users = embed(f.user_tower, users_at_test(prof, f.split, f.vocab, proto.users, catalogue))
-    items = embed_items(f.item_tower, f.vocab, catalogue)
-    return top_k(users.numpy() @ items.T, proto.exclude, K_MAX)
+    say(progress, f"ablation: item tower on {'+'.join(modalities)}")
+    f = fit(prof, cfg, split_cfg, modalities, progress=progress)
+    users = embed(f.user_tower, users_at_test(f.world, f.split, proto.users))
+    items = embed_items(f.item_tower, f.vocab, f.world.catalogue)
+    return metrics.top_k(users, items, proto.exclude, K_MAX)
 
 
 def cold_start_variants(vocab: Vocab) -> dict[str, tuple[str, ...] | None]:
     """The item tower's inputs per cold-start variant (None: every input it has): the published
-    tower, content alone (no id input at all), and id+categorical."""
-    content = tuple(m for m in modalities_of(vocab) if m != "id")
-    return {"two_tower": None, "+".join(content): content, "id+categorical": ("id", "categorical")}
+    tower, content alone (no id input at all) and id+categorical, where the catalogue has them."""
+    have = modalities_of(vocab)
+    out: dict[str, tuple[str, ...] | None] = {"two_tower": None}
+    content = tuple(m for m in have if m != "id")
+    if content:
+        out["+".join(content)] = content
+    if "categorical" in have and content != ("categorical",):
+        out["id+categorical"] = ("id", "categorical")
+    return out
 
 
 def cold_start(
     prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig, eval_cfg: EvalConfig,
-    catalogue: pd.DataFrame, proto: Protocol, variants: dict[str, tuple[str, ...] | None],
+    world: World, proto: Protocol, progress: Progress | None = None,
 ) -> dict:  # fmt: skip
     """`cold_draw` repeated `eval_cfg.cold_draws` times, draw d with seed `cfg.seed + d` (for the
     held-out items and the training), each model's metrics averaged over the draws: on ml-1m one
     draw of 388 items put content's edge over id+categorical at +1%, the next at +11%."""
     draws = [cold_draw(prof, dataclasses.replace(cfg, seed=cfg.seed + d), split_cfg, eval_cfg,
-                       catalogue, proto, variants)
+                       world, proto, progress)
              for d in range(eval_cfg.cold_draws)]  # fmt: skip
     models = [name for name, value in draws[0].items() if isinstance(value, dict)]
     mean = {name: {m: float(np.mean([d[name][m] for d in draws])) for m in draws[0][name]}
@@ -332,57 +335,68 @@ def cold_start(
 
 def cold_draw(
     prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig, eval_cfg: EvalConfig,
-    catalogue: pd.DataFrame, proto: Protocol, variants: dict[str, tuple[str, ...] | None],
+    world: World, proto: Protocol, progress: Progress | None = None,
 ) -> dict:  # fmt: skip
     """A share of the catalogue held out of training entirely, then ranked among themselves for
-    each test user who interacts with them: each of the tower `variants` from content alone (the
-    held-out ids are unknown to it) against popularity within genre and the user's genres."""
+    each test user who interacts with them: each of the tower variants from content alone (the
+    held-out ids are unknown to it) against popularity within the group feature's values and the
+    user's shares over them (where the items have such a feature)."""
     rng = np.random.default_rng(cfg.seed)
-    ids = catalogue["item_id"].to_numpy()
+    ids = world.vocab.items.values
     size = max(1, int(len(ids) * eval_cfg.cold_items))
-    hidden = np.sort(rng.choice(ids, size=size, replace=False))
-    print(f"cold start (seed {cfg.seed}): {len(hidden):,} items held out of training")
-    rows = np.searchsorted(ids, hidden)  # catalogue rows of the held-out items
+    rows = np.sort(rng.choice(len(ids), size=size, replace=False))  # catalogue rows held out
+    hidden = frozenset(ids[rows].tolist())
+    say(progress, f"cold start (seed {cfg.seed}): {len(hidden):,} items held out of training")
     local = {int(r): j for j, r in enumerate(rows)}
     relevant, exclude = ([{local[r] for r in s if r in local} for s in sets]
                          for sets in (proto.relevant, proto.exclude))  # fmt: skip
     keep = np.array([bool(rel) for rel in relevant])
     wanted, exclude = ([s for s, k in zip(sets, keep, strict=True) if k]
                        for sets in (relevant, exclude))  # fmt: skip
-    scores = {}
-    for name, modalities in variants.items():
-        f = fit(prof, cfg, split_cfg, modalities, hidden=frozenset(hidden.tolist()))
-        user_x = users_at_test(prof, f.split, f.vocab, proto.users[keep], catalogue, afresh=True)
-        items = embed_items(f.item_tower, f.vocab, catalogue.iloc[rows])
-        scores[name] = embed(f.user_tower, user_x).numpy() @ items.T
-    before = before_test(f.split)  # without the held-out items
-    popular = untied(genre_popularity(before, catalogue, rows), rng)
-    scores["popularity"] = np.tile(popular, (int(keep.sum()), 1))
-    genres = categorical_inputs(catalogue, f.vocab)["genres"].numpy()
-    scores["user_genres"] = user_genres(before, catalogue, genres, rows, proto.users[keep], popular)
+    vectors = {}
+    for name, modalities in cold_start_variants(world.vocab).items():
+        f = fit(prof, cfg, split_cfg, modalities, hidden=hidden, progress=progress)
+        user_x = users_at_test(f.world, f.split, proto.users[keep], afresh=True)
+        items = embed_items(f.item_tower, f.vocab, world.catalogue.iloc[rows])
+        vectors[name] = (embed(f.user_tower, user_x).numpy(), items)
+    feature = group_feature(world.vocab)
+    if feature:
+        before = before_test(f.split)  # without the held-out items
+        vectors.update(group_baselines(before, world, feature, rows, proto.users[keep], rng))
     return {
         "seed": cfg.seed, "items": len(hidden), "users": int(keep.sum()),
-        **{name: metrics.report(top_k(s, exclude, K_MAX), wanted, K_VALUES)
-           for name, s in scores.items()},
+        **{name: metrics.report(metrics.top_k(*v, exclude, K_MAX), wanted, K_VALUES)
+           for name, v in vectors.items()},
     }  # fmt: skip
 
 
-def user_genres(
-    before: pd.DataFrame, catalogue: pd.DataFrame, genres: np.ndarray, rows: np.ndarray,
-    users: np.ndarray, popular: np.ndarray,
-) -> np.ndarray:  # fmt: skip
-    """(users, rows): the personalised genre baseline. Each of the catalogue `rows` scored by the
-    user's share of earlier interactions in each of its genres (`genres`: the catalogue's genres
-    multi-hot), a genre's share spread evenly over the `rows` in it; `popular` (popularity within
-    genre) breaks ties, and alone ranks for a user without history."""
+def group_baselines(
+    before: pd.DataFrame, world: World, feature: str, rows: np.ndarray, users: np.ndarray,
+    rng: np.random.Generator,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """The cold start's baselines over the catalogue `rows`, as (user, item) vectors: popularity
+    within the values of `feature` (ties broken at random), and the user's shares over them."""
+    popular = untied(value_popularity(before, world, feature, rows), rng)
+    scale = max(float(popular.max()), 1.0)
+    hot = share_hot(world.catalogue[feature], world.vocab.shares[feature]).numpy()
+    shares = user_shares(before, world.vocab, hot, users)
+    spread = hot[rows] / np.maximum(hot[rows].sum(0), 1.0)
+    with_ties = np.hstack([spread, 1e-9 * popular[:, None] / scale])
+    return {
+        f"popularity_within_{feature}": (np.ones((len(users), 1), np.float32), popular[:, None]),
+        f"user_{feature}": (np.hstack([shares, np.ones((len(users), 1))]), with_ties),
+    }
+
+
+def user_shares(before: pd.DataFrame, vocab: Vocab, hot: np.ndarray,
+                users: np.ndarray) -> np.ndarray:  # fmt: skip
+    """(users, values): each user's share of earlier interactions on each value (`hot`: the
+    catalogue's multi-hot over the values)."""
     of_user = before[before["user_id"].isin(users)]
-    at = (pd.Index(users).get_indexer(of_user["user_id"]),
-          of_user["item_id"].map(rows_of(catalogue["item_id"])).to_numpy())  # fmt: skip
-    counts = sp_sparse.csr_matrix((np.ones(len(of_user)), at), (len(users), len(catalogue)))
-    in_genre = counts @ genres
-    shares = in_genre / np.maximum(in_genre.sum(1, keepdims=True), 1.0)
-    spread = genres[rows] / np.maximum(genres[rows].sum(0), 1.0)
-    return shares @ spread.T + 1e-9 * popular / max(float(popular.max()), 1.0)
+    at = (pd.Index(users).get_indexer(of_user["user_id"]), vocab.items.rows(of_user["item_id"]))
+    counts = sp_sparse.csr_matrix((np.ones(len(of_user)), at), (len(users), len(vocab.items)))
+    in_value = counts @ hot
+    return in_value / np.maximum(in_value.sum(1, keepdims=True), 1.0)
 
 
 def untied(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -390,53 +404,40 @@ def untied(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     every item of a genre set alike (on ml-1m 48-83 of the 388 held-out items tie at its 20th
     place): its top k took them in whatever order the sort left them."""
     order = np.lexsort((rng.random(len(scores)), scores))
-    ranks = np.empty(len(scores))
+    ranks = np.empty(len(scores), dtype=np.float32)
     ranks[order] = np.arange(len(scores))
     return ranks
 
 
-def genre_popularity(before: pd.DataFrame, catalogue: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    """Each of the catalogue `rows`' score: the mean, over its genres, of how many interactions
-    in `before` fell on that genre."""
-    per_item = before["item_id"].value_counts()
-    per_genre: dict[str, float] = {}
-    for item, names in zip(catalogue["item_id"], catalogue["genres"], strict=True):
-        for g in _names(names):
-            per_genre[g] = per_genre.get(g, 0.0) + per_item.get(item, 0)
-    return np.array(
-        [np.mean([per_genre[g] for g in _names(names)] or [0.0])
-         for names in catalogue["genres"].iloc[rows]],
-        dtype=np.float32,
-    )  # fmt: skip
+def value_popularity(before: pd.DataFrame, world: World, feature: str,
+                     rows: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Each of the catalogue `rows`' score: the mean, over its values of `feature`, of how many
+    interactions in `before` fell on that value."""
+    per_item = counts_of(before, world.vocab)
+    values = value_sets(world.catalogue, feature)
+    per_value: dict[str, float] = {}
+    for count, names in zip(per_item, values, strict=True):
+        for v in names:
+            per_value[v] = per_value.get(v, 0.0) + count
+    return np.array([np.mean([per_value[v] for v in values[r]] or [0.0]) for r in rows],
+                    dtype=np.float32)  # fmt: skip
 
 
 def _names(values: object) -> list[str]:
-    return [] if values is None or isinstance(values, float) else list(values)
+    if values is None or isinstance(values, float):
+        return []
+    return [str(v) for v in values] if not isinstance(values, str) else [values]
 
 
-def rankings(
-    sp: Split, row_of: dict[int, int], proto: Protocol, users: np.ndarray, items: np.ndarray,
-    cfg: EvalConfig,
-) -> tuple[dict[str, np.ndarray], dict]:  # fmt: skip
-    """Each baseline's and the two-tower's scores (test users x catalogue)."""
-    before = before_test(sp)
-    ials, ials_params = tuned_ials(sp, row_of, cfg, proto.users)
-    scores = {
-        "popularity": popularity_scores(before, row_of, len(proto.users)),
-        "ials": ials,
-        "two_tower": users @ items.T,
-    }
-    return scores, ials_params
-
-
-def latest_ranker(root: Path, model_version: str) -> Ranker | None:
+def latest_ranker(root: Path, model_version: str, progress: Progress | None = None,
+                  ) -> Ranker | None:  # fmt: skip
     """The latest ranker if it was trained against this retrieval version, else None."""
     folder = root / "ranker"
     if not (folder / artifacts.LATEST).exists():
         return None
     version = artifacts.latest(folder)
     if artifacts.manifest(version)["retrieval_version"] != model_version:
-        print(f"ranker {version.name} was trained for another retrieval version: left out")
+        say(progress, f"ranker {version.name} was trained for another retrieval version: left out")
         return None
     return tnn.load(Ranker, version, "ranker")
 
@@ -444,48 +445,46 @@ def latest_ranker(root: Path, model_version: str) -> Ranker | None:
 @dataclass
 class RankerView:
     """The ranker's scores of test users (rows of `users`) against catalogue rows (`items`), both
-    sides' features as of the test time, beside their `retrieval` scores (users x catalogue)."""
+    sides' features as of the test time, beside their retrieval scores (the towers' embeddings
+    `user_vectors` and `item_vectors`)."""
 
     ranker: Ranker
     users: Inputs
     items: Inputs
-    retrieval: np.ndarray
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
 
     @torch.no_grad()
     def scores(self, row: int, items: np.ndarray) -> np.ndarray:
         one = take(self.users, torch.tensor([row]))
         item = take(self.items, torch.from_numpy(items))
-        return self.ranker.score(one, item, torch.from_numpy(self.retrieval[row, items])).numpy()
+        retrieval = torch.from_numpy(self.item_vectors[items] @ self.user_vectors[row])
+        return self.ranker.score(one, item, retrieval).numpy()
 
 
-def two_stage(
-    retrieval: np.ndarray, proto: Protocol, ranked: RankerView, depth: int
-) -> list[list[int]]:
+def two_stage(proto: Protocol, ranked: RankerView, depth: int) -> list[list[int]]:
     """Retrieval's top `depth` (seen items excluded) re-ordered by the ranker."""
     out = []
-    for row, top in enumerate(top_k(retrieval, proto.exclude, depth)):
-        items = np.array(top, dtype=np.int64)
+    retrieval = metrics.top_k(ranked.user_vectors, ranked.item_vectors, proto.exclude, depth)
+    for row, top in enumerate(retrieval):
+        items = top[top >= 0]
         out.append(items[np.argsort(-ranked.scores(row, items), kind="stable")].tolist())
     return out
 
 
-def ncf_protocol(test: pd.DataFrame, proto: Protocol, row_of: dict[int, int],
-                 scores: dict[str, np.ndarray], ranked: RankerView, seed: int) -> dict:  # fmt: skip
+def ncf_protocol(test: pd.DataFrame, proto: Protocol, vocab: Vocab,
+                 vectors: dict[str, tuple[np.ndarray, np.ndarray]], ranked: RankerView,
+                 seed: int) -> dict:  # fmt: skip
     """Each test user's latest test interaction ranked against 99 items the user never
     interacted with, sampled uniformly (He et al. 2017): HR@10 and NDCG@10 per model."""
     latest = test.sort_values("event_timestamp", kind="stable").groupby("user_id").tail(1)
-    latest_row = latest.set_index("user_id")["item_id"].map(row_of)
-    positives = np.array([latest_row[u] for u in proto.users])
+    latest_item = latest.set_index("user_id")["item_id"]
+    positives = vocab.items.rows(latest_item.reindex(proto.users).to_numpy())
     done = [e | r for e, r in zip(proto.exclude, proto.relevant, strict=True)]
-    cand = ncf_candidates(positives, done, len(row_of), np.random.default_rng(seed))
-    picked = {name: np.take_along_axis(s, cand, axis=1) for name, s in scores.items()}
+    cand = ncf_candidates(positives, done, len(vocab.items), np.random.default_rng(seed))
+    picked = {name: np.einsum("ud,ucd->uc", u, i[cand]) for name, (u, i) in vectors.items()}
     picked["ranker"] = np.stack([ranked.scores(r, c) for r, c in enumerate(cand)])
-    out = {}
-    for name, s in picked.items():
-        rank = (s[:, 1:] > s[:, :1]).sum(axis=1)
-        hit = rank < 10
-        out[name] = {"hr@10": float(hit.mean()),
-                     "ndcg@10": float((hit / np.log2(rank + 2.0)).mean())}  # fmt: skip
+    out = {name: metrics.sampled_hits(s) for name, s in picked.items()}
     return {"users": len(cand), "negatives": cand.shape[1] - 1, **out}
 
 
@@ -495,8 +494,9 @@ def table(result: dict) -> str:
     split_ = result["split"]
     rows = []
     for name, res in result["models"].items():
-        groups = [(f" {g}", res[g]) for g in ("warm", "cold") if g in res]
-        groups += [(f" {span} items", v) for span, v in res.get("by_activity", {}).items()]
+        groups = [(f" {g} ({res[g]['users']} users)", res[g]) for g in ("warm", "cold") if g in res]
+        groups += [(f" {span} items ({v['users']} users)", v)
+                   for span, v in res.get("by_activity", {}).items()]  # fmt: skip
         rows += [(name + label, v) for label, v in [("", res), *groups] if "recall@10" in v]
     title = f"{result['dataset']} ({split_['kind']} split, {split_['test_users']} test users)"
     sections = [(title, rows)]

@@ -1,4 +1,5 @@
-"""`ttr explain`: one user's recent history and top recommendations as a grid of posters (PNG)."""
+"""`ttr explain`: one user's recent history and top recommendations as a grid of tiles (PNG): each
+item's image where the dataset has one, else a tile with its title."""
 
 from __future__ import annotations
 
@@ -8,23 +9,22 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no backend, no screen, no global state
 
-from retrieval.content import poster_path
-from retrieval.offline import read_meta
+from retrieval.catalogue import read_meta
 from retrieval.pipeline import SERVICE, Pipeline
 from towers.features import online_rows
 
-TILE = (120, 180)  # poster tiles, width x height in pixels
-PLACEHOLDER = 0.85  # grey of the tile where an item has no poster
+TILE = (120, 180)  # image tiles, width x height in pixels
+PLACEHOLDER = 0.85  # grey of the tile where an item has no image
 
 
-def history(pipeline: Pipeline, user_id: int, k: int) -> list[int]:
+def history(pipeline: Pipeline, user_id: int | str, k: int) -> list[int | str]:
     """The user's most recent items (the online `recent_items` feature), newest first."""
     row = online_rows(pipeline.store, SERVICE, "user_id", [user_id])[0]
-    return [int(i) for i in (row.get("recent_items") or [])[:k]]
+    return list(row.get("recent_items") or [])[:k]
 
 
 def tile(path: Path | None) -> np.ndarray:
-    """The poster resized to a tile, or a grey placeholder."""
+    """The image resized to a tile, or a grey placeholder."""
     if path is None:
         return np.full((TILE[1], TILE[0], 3), PLACEHOLDER)
     from PIL import Image
@@ -34,7 +34,8 @@ def tile(path: Path | None) -> np.ndarray:
 
 
 def draw(rows: list[tuple[str, list[tuple[Path | None, str]]]], title: str, path: Path) -> Path:
-    """A grid: one labelled row per (label, [(poster, caption)]), written to `path` as PNG."""
+    """A grid: one labelled row per (label, [(image, caption)]), written to `path` as PNG; an item
+    without an image gets a grey tile with its caption written across it."""
     width = max((len(items) for _, items in rows), default=1) or 1
     fig = Figure(figsize=(1.5 * width, 2.9 * len(rows)))
     axes = fig.subplots(len(rows), width, squeeze=False)
@@ -43,10 +44,11 @@ def draw(rows: list[tuple[str, list[tuple[Path | None, str]]]], title: str, path
         for col, ax in enumerate(axes_row):
             ax.set_axis_off()
             if col < len(items):
-                poster, caption = items[col]
-                ax.imshow(tile(poster))
-                if poster is None:
-                    ax.text(TILE[0] / 2, TILE[1] / 2, "no poster", ha="center", fontsize=7)
+                image, caption = items[col]
+                ax.imshow(tile(image))
+                if image is None:
+                    ax.text(TILE[0] / 2, TILE[1] / 2, textwrap.fill(caption, 16), ha="center",
+                            va="center", fontsize=8)  # fmt: skip
                 ax.text(TILE[0] / 2, TILE[1] + 8, textwrap.fill(caption, 22), ha="center",
                         va="top", fontsize=6)  # fmt: skip
     fig.suptitle(title, fontsize=11)
@@ -56,24 +58,25 @@ def draw(rows: list[tuple[str, list[tuple[Path | None, str]]]], title: str, path
     return path
 
 
-def explain(pipeline: Pipeline, offline_dir: Path, user_id: int, path: Path, k: int = 10) -> dict:
+def explain(pipeline: Pipeline, offline_dir: Path, user_id: int | str, path: Path,
+            k: int = 10) -> dict:  # fmt: skip
     """Write the user's grid to `path`; returns what it shows."""
     meta = read_meta(offline_dir)
-    source = Path(meta["source"]) if meta.get("source") else None
     seen = history(pipeline, user_id, k)
     rec = pipeline.recommend(user_id, k)
     shown = [
-        (f"recently seen by user {user_id}", [(poster_path(source, i), _title(pipeline, i))
-                                               for i in seen]),
+        (f"recently seen by user {user_id}", [_tile(pipeline, i, "") for i in seen]),
         (f"top {k} recommended ({rec.source})",
-         [(poster_path(source, it["item_id"]), f"{n}. {it['title']}")
-          for n, it in enumerate(rec.items, 1)]),
+         [_tile(pipeline, it["item_id"], f"{n}. ") for n, it in enumerate(rec.items, 1)]),
     ]  # fmt: skip
     draw(shown, f"{meta['dataset']}: user {user_id}, model {pipeline.model_version}", path)
     return {"history": seen, "recommended": [it["item_id"] for it in rec.items],
             "source": rec.source, "path": str(path)}  # fmt: skip
 
 
-def _title(pipeline: Pipeline, item_id: int) -> str:
+def _tile(pipeline: Pipeline, item_id: int | str, prefix: str) -> tuple[Path | None, str]:
+    """(the item's image, its caption: its title, else its id)."""
     row = pipeline.row(item_id)
-    return pipeline.titles[row] if row >= 0 else str(item_id)
+    if row < 0:
+        return None, f"{prefix}{item_id}"
+    return pipeline.image(row), f"{prefix}{pipeline.titles[row] or item_id}"

@@ -8,18 +8,19 @@ held-out queries reaches the target.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from retrieval import atomic
 from retrieval.errors import TTRError
 
+INDEX, EMBEDDINGS, INFO = "index.faiss", "embeddings.npy", "index.json"
 EXACT_UP_TO = 50_000  # catalogue size served by exact search
 TRAIN_PER_LIST = 64  # k-means sample per inverted list (faiss warns below 39)
 
@@ -117,25 +118,53 @@ def search(
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
-def save(built: Built, folder: Path, extra: dict) -> dict:
-    """Write `index.faiss` and `index.json` atomically (temporary names, then renames)."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".index-")
-    os.close(fd)
-    faiss.write_index(built.index, tmp)
-    digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+def search_excluding(
+    index: faiss.Index, params: dict, queries: np.ndarray, k: int,
+    exclude: list[np.ndarray | set[int]],
+) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Per query, (ids, scores) of its top k with the ids in `exclude[q]` left out: the index is
+    asked for k plus the longest exclusion list, so that k remain."""
+    depth = min(k + max((len(e) for e in exclude), default=0), index.ntotal)
+    scores, ids = search(index, params, queries, depth)
+    out = []
+    for row_ids, row_scores, done in zip(ids, scores, exclude, strict=True):
+        banned = np.fromiter(done, dtype=np.int64) if isinstance(done, set) else done
+        keep = np.flatnonzero((row_ids >= 0) & ~np.isin(row_ids, banned))[:k]
+        out.append((row_ids[keep], row_scores[keep]))
+    return out
+
+
+def save(built: Built, vectors: np.ndarray, folder: Path, extra: dict) -> dict:
+    """Write `index.faiss`, the indexed `embeddings.npy` (row r: the item whose index id is r)
+    and `index.json` (their digests) atomically: every file staged, then renamed, index.json
+    last."""
+    payload = bytes(faiss.serialize_index(built.index))
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32))
     info = {
         "factory": built.factory, "params": built.params, "recall": built.recall,
-        "dimension": built.index.d, "count": built.index.ntotal, "sha256": digest, **extra,
+        "dimension": built.index.d, "count": built.index.ntotal,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "embeddings_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), **extra,
     }  # fmt: skip
-    meta_tmp = Path(tmp + ".json")
-    meta_tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, folder / "index.faiss")
-    os.replace(meta_tmp, folder / "index.json")
+    files = {folder / INDEX: payload, folder / EMBEDDINGS: buffer.getvalue(),
+             folder / INFO: json.dumps(info, indent=2)}  # fmt: skip
+    atomic.write_all(files, last=folder / INFO)
     return info
 
 
 def load(folder: Path) -> tuple[faiss.Index, dict]:
-    info = json.loads((folder / "index.json").read_text())
-    if hashlib.sha256((folder / "index.faiss").read_bytes()).hexdigest() != info["sha256"]:
-        raise TTRError(f"{folder / 'index.faiss'} does not match the sha256 in index.json")
-    return faiss.read_index(str(folder / "index.faiss")), info
+    info = json.loads((folder / INFO).read_text())
+    payload = (folder / INDEX).read_bytes()
+    if hashlib.sha256(payload).hexdigest() != info["sha256"]:
+        raise TTRError(f"{folder / INDEX} does not match the sha256 in {INFO}")
+    return faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8)), info
+
+
+def embeddings(folder: Path) -> np.ndarray:
+    """The item embeddings the folder's index was built from, row r for index id r."""
+    payload = (folder / EMBEDDINGS).read_bytes()
+    expected = json.loads((folder / INFO).read_text()).get("embeddings_sha256")
+    if hashlib.sha256(payload).hexdigest() != expected:
+        raise TTRError(f"{folder / EMBEDDINGS} does not match the sha256 in {INFO}")
+    return np.load(io.BytesIO(payload))

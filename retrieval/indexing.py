@@ -1,4 +1,7 @@
-"""The `ttr index` stage: embed the catalogue with the latest item tower and index it in FAISS."""
+"""The `ttr index` stage: embed the catalogue with the latest item tower and index it in FAISS.
+
+The index's ids are catalogue rows of the version (its `items.parquet`), whatever the item ids
+are (integers or strings)."""
 
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ import pandas as pd
 import pyarrow as pa
 from feast.errors import FeatureViewNotFoundException
 
-from retrieval import artifacts, index, store
+from retrieval import artifacts, atomic, index, store
+from retrieval.catalogue import catalogue_frame, read_meta, stored_ids
 from retrieval.errors import TTRError
 from retrieval.materialize import materialize_view
-from retrieval.offline import read_meta, write_table
-from retrieval.training import catalogue_frame, embed_items, embed_users, load_towers, vocab_of
+from retrieval.training import embed_items, embed_users, load_towers
+from towers.inputs import Vocab
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
@@ -27,19 +31,18 @@ def run(prof: store.Profile, root: Path, cfg: index.IndexConfig) -> dict:
     manifest = artifacts.manifest(version)
     if manifest.get("stage") != "train":
         raise TTRError(f"{version} holds no trained towers")
-    vocab, at = vocab_of(manifest), pd.Timestamp(manifest["split"]["test_time"])
+    vocab, at = Vocab.load(version), pd.Timestamp(manifest["split"]["test_time"])
     feast_store = store.open_store(prof)
     view = embedding_view(feast_store)  # before anything is written
-    catalogue = catalogue_frame(feast_store, prof.offline_dir, at)
+    catalogue = catalogue_frame(feast_store, vocab.items, at)
     user_tower, item_tower = load_towers(version)
     items = embed_items(item_tower, vocab, catalogue)
-    users = pd.read_parquet(prof.offline_dir / "user_profile.parquet", columns=["user_id"])[
-        "user_id"
-    ]
-    sample = np.sort(users.sample(min(cfg.queries, len(users)), random_state=0).to_numpy())
+    users = stored_ids(prof.offline_dir, "user").values
+    rng = np.random.default_rng(0)
+    sample = np.sort(users[rng.choice(len(users), min(cfg.queries, len(users)), replace=False)])
     queries = embed_users(feast_store, user_tower, vocab, sample, at)  # what the index will answer
-    built = index.build(items, catalogue["item_id"].to_numpy(), queries, cfg)
-    info = index.save(built, version, {"model_version": manifest["version"], "k": cfg.k})
+    built = index.build(items, np.arange(len(items)), queries, cfg)
+    info = index.save(built, items, version, {"model_version": manifest["version"], "k": cfg.k})
     info["online_rows"] = publish_embeddings(
         feast_store, view, prof, catalogue["item_id"], items, info
     )
@@ -57,12 +60,13 @@ def publish_embeddings(feast_store: FeatureStore, view: FeatureView, prof: store
                        item_ids: pd.Series, vectors: np.ndarray, info: dict) -> int:  # fmt: skip
     """The item embeddings as the `item_embedding` feature: offline parquet, then online."""
     end = datetime.fromisoformat(read_meta(prof.offline_dir)["end"])
+    integer = pd.api.types.is_integer_dtype(item_ids)
     table = pa.table({
-        "item_id": pa.array(item_ids.to_numpy(), pa.int64()),
+        "item_id": pa.array(item_ids.to_numpy(), pa.int64() if integer else pa.string()),
         "embedding": pa.array(list(vectors), pa.list_(pa.float32())),
         "model_version": pa.array([info["model_version"]] * len(vectors), pa.string()),
         "event_timestamp": pa.array([end] * len(vectors), pa.timestamp("us", tz="UTC")),
     })  # fmt: skip
-    write_table(table, prof.offline_dir / "item_embedding.parquet")
+    atomic.write(table, prof.offline_dir / "item_embedding.parquet")
 
     return materialize_view(feast_store, view, end, end)

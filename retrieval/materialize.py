@@ -25,6 +25,7 @@ from feast.types import Array, Bool, FeastType, Float32, Float64, Int64, String
 from feast.utils import to_naive_utc
 
 from retrieval.errors import TTRError
+from towers.progress import Progress, Step, report
 
 CHUNK = 20_000  # entity rows converted and written per call
 SCALAR = {
@@ -57,10 +58,19 @@ def column_protos(column: pa.ChunkedArray, dtype: FeastType) -> list[Value]:
 
 
 def entity_keys(column: pa.ChunkedArray, join_key: str) -> list[EntityKey]:
+    """One key per cell: integer ids as int64 values, any other as strings."""
+    field = "int64_val" if pa.types.is_integer(column.type) else "string_val"
     return [
-        EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=v)])
+        EntityKey(join_keys=[join_key], entity_values=[Value(**{field: v})])
         for v in column.to_pylist()
     ]
+
+
+def _key_order(column: pa.ChunkedArray) -> np.ndarray:
+    """The rows in the order of their serialized keys (an int64 key is stored little-endian)."""
+    if pa.types.is_integer(column.type):
+        return np.argsort(column.to_numpy().astype("<u8").byteswap(), kind="stable")
+    return np.argsort(np.asarray(column.to_pylist(), dtype=object), kind="stable")
 
 
 def latest_rows(store: FeatureStore, view: FeatureView, start: datetime, end: datetime) -> pa.Table:
@@ -83,14 +93,12 @@ def write_rows(
     store: FeatureStore,
     view: FeatureView,
     table: pa.Table,
-    progress: Callable[[int], object] | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """Convert `table` (join key, features, timestamp) to protos and write it online in chunks,
     in the order of the stored keys so that a B-tree store appends instead of seeking."""
     (join_key,) = view.join_keys
-    table = table.take(
-        np.argsort(table[join_key].to_numpy().astype("<u8").byteswap(), kind="stable")
-    )
+    table = table.take(_key_order(table[join_key]))
     write = _sqlite_writer(store, view) or partial(
         store._get_provider().online_write_batch, store.config, view, progress=None
     )
@@ -108,8 +116,7 @@ def write_rows(
                 for k, t, c in zip(keys, stamps, cells, strict=True)
             ]
         )
-        if progress:
-            progress(chunk.num_rows)
+        report(progress, Step(view.name, offset + chunk.num_rows, table.num_rows, "rows"))
 
 
 def _sqlite_writer(store: FeatureStore, view: FeatureView) -> Callable[[list], None] | None:
@@ -151,7 +158,7 @@ def materialize_view(
     view: FeatureView,
     start: datetime,
     end: datetime,
-    progress: Callable[[int], object] | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """Latest rows in [start, end) online, interval recorded; returns the entity rows written."""
     if len(view.join_keys) != 1:

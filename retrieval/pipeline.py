@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 
 from retrieval import artifacts, index, ranking, store
+from retrieval.catalogue import catalogue_frame, parse_id, read_meta
 from retrieval.errors import TTRError
-from retrieval.training import catalogue_frame, vocab_of
 from towers import nn as tnn
 from towers.features import online_rows
-from towers.inputs import user_inputs
+from towers.inputs import Vocab, user_inputs
 from towers.ranker import Ranker
 from towers.train import take
 from towers.user_tower import UserTower
@@ -47,7 +47,7 @@ class PipelineConfig:
 
 @dataclass
 class Recommendation:
-    user_id: int
+    user_id: int | str
     items: list[dict]  # item_id, title, score, retrieval_score
     source: str  # "personalized" or "popular"
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
@@ -62,26 +62,37 @@ class Pipeline:
         if not (version / "index.json").exists():
             raise TTRError(f"{version} has no index; run `ttr index` first")
         self.model_version = manifest["version"]
-        self.vocab = vocab_of(manifest)
+        self.vocab = Vocab.load(version)
+        self.schema = read_meta(prof.offline_dir)["schema"]
         self.user_tower = tnn.load(UserTower, version, "user_tower")
         self.index, info = index.load(version)
         self.index_params = info["params"]
         self.index_version = f"{self.model_version}/{info['sha256'][:12]}"
+        self.embeddings = index.embeddings(version)  # the catalogue's, as indexed
         self.ranker, self.ranker_version = _ranker(root)
         now = pd.Timestamp.now(tz="UTC")
-        catalogue = catalogue_frame(self.store, prof.offline_dir, now, ranking.SERVICE)
-        self.item_ids = catalogue["item_id"].to_numpy()
-        self.titles = catalogue["title"].fillna("").astype(str).tolist()
+        catalogue = catalogue_frame(self.store, self.vocab.items, now, ranking.SERVICE)
+        self.item_ids = self.vocab.items.values.tolist()  # plain ints or strings, as the data
+        titles = catalogue["title"] if "title" in catalogue else catalogue["item_id"]
+        self.titles = titles.fillna("").astype(str).tolist()
+        image = [n for n, kind in self.schema["items"].items() if kind == "image"]
+        self.images = catalogue[image[0]].tolist() if image else [None] * len(catalogue)
         self.items = ranking.ranker_inputs(catalogue, self.vocab)
         self.popular = np.argsort(-self.items["popularity"][:, 0].numpy(), kind="stable")
-        self.row_index = np.full(int(self.item_ids.max()) + 1, -1, dtype=np.int64)  # id -> row
-        self.row_index[self.item_ids] = np.arange(len(self.item_ids))
         self.down_until = 0.0  # while the online store is deemed down: no request waits on it
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
         torch.set_num_threads(1)
         gc.freeze()  # the loaded state never becomes garbage: keep full collections off it
 
-    def recommend(self, user_id: int, k: int = 10, exclude_seen: bool = True) -> Recommendation:
+    def parse_user(self, text: str | int) -> int | str:
+        """A user id as this dataset's ids are; ValueError if it cannot be one."""
+        return parse_id(text, self.schema["user_id"], "user")
+
+    def parse_item(self, text: str | int) -> int | str:
+        return parse_id(text, self.schema["item_id"], "item")
+
+    def recommend(self, user_id: int | str, k: int = 10, exclude_seen: bool = True,
+                  ) -> Recommendation:  # fmt: skip
         seconds: dict[str, float] = {}
         if time.monotonic() < self.down_until:
             return self.popular_items(user_id, k, set(), seconds)
@@ -92,21 +103,20 @@ class Pipeline:
             log.warning("online store unavailable, serving popular items: %s", err)
             self.down_until = time.monotonic() + self.cfg.retry_after
             return self.popular_items(user_id, k, set(), seconds)
-        seen = np.asarray(row.get("seen_items") or [] if exclude_seen else [], dtype=np.int64)
+        seen = self.vocab.items.rows(row.get("seen_items") or [] if exclude_seen else [])
+        seen = seen[seen >= 0]  # catalogue rows
         if not _known(row):
             return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "user_tower"), torch.no_grad():
             x = user_inputs({name: [value] for name, value in row.items()}, self.vocab)
             query = self.user_tower(x).numpy()
         with _timed(seconds, "ann"):
-            depth = min(self.cfg.candidates + len(seen), len(self.item_ids))
-            scores, ids = index.search(self.index, self.index_params, query, depth)
-            keep = np.flatnonzero((ids[0] >= 0) & ~np.isin(ids[0], seen))[: self.cfg.candidates]
-            ids, scores = ids[0][keep], scores[0][keep]
-        if not len(ids):
+            ((rows, scores),) = index.search_excluding(
+                self.index, self.index_params, query, self.cfg.candidates, [seen]
+            )
+        if not len(rows):
             return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "rerank"):
-            rows = self.row_index[ids]
             final = self._rerank(x, torch.from_numpy(rows), scores)
         best = np.argsort(-final, kind="stable")[:k]
         items = [self._item(int(rows[j]), float(final[j]), float(scores[j])) for j in best]
@@ -120,42 +130,46 @@ class Pipeline:
             return self.ranker.score(x, item, torch.from_numpy(retrieval)).numpy()
 
     def popular_items(
-        self, user_id: int, k: int, seen: set[int], seconds: dict[str, float] | None = None
+        self, user_id: int | str, k: int, seen: set[int], seconds: dict[str, float] | None = None
     ) -> Recommendation:
-        """The k most popular items the user has not seen (scores: log counts)."""
-        picked = [r for r in self.popular[: k + len(seen)] if int(self.item_ids[r]) not in seen]
+        """The k most popular items the user has not seen (`seen`: catalogue rows; scores: log
+        counts)."""
+        picked = [r for r in self.popular[: k + len(seen)] if int(r) not in seen]
         pop = self.items["popularity"][:, 0]
         items = [self._item(int(r), float(pop[r]), None) for r in picked[:k]]
         return Recommendation(user_id, items, "popular", seconds or {})
 
-    def similar(self, item_id: int, k: int = 10) -> list[dict]:
-        """The k items nearest to `item_id` in the embedding space (its `item_embedding`
-        feature, read online), the item itself left out; an error for an unknown item."""
-        if self.row(item_id) < 0:
+    def similar(self, item_id: int | str, k: int = 10) -> list[dict]:
+        """The k items nearest to `item_id` in the embedding space (its embedding as this
+        version indexed it), the item itself left out; a KeyError for an unknown item."""
+        row = self.row(item_id)
+        if row < 0:
             raise KeyError(item_id)
-        vector = online_rows(self.store, ["item_embedding:embedding"], "item_id", [item_id])[0]
-        if vector.get("embedding") is None:
-            raise TTRError(f"item {item_id} has no embedding online; run `ttr index`")
-        query = np.asarray([vector["embedding"]], dtype=np.float32)
-        scores, ids = index.search(self.index, self.index_params, query, k + 1)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
-                 if i >= 0 and int(i) != item_id][:k]  # fmt: skip
-        return [self._item(self.row(i), s, s) for i, s in pairs]
+        query = self.embeddings[row : row + 1]
+        scores, rows = index.search(self.index, self.index_params, query, k + 1)
+        pairs = [(int(r), float(s)) for r, s in zip(rows[0], scores[0], strict=True)
+                 if r >= 0 and r != row][:k]  # fmt: skip
+        return [self._item(r, s, s) for r, s in pairs]
 
-    def row(self, item_id: int) -> int:
+    def image(self, row: int) -> Path | None:
+        """The image file of the item at catalogue row `row`, if it has one."""
+        path = self.images[row]
+        return Path(path) if isinstance(path, str) and path else None
+
+    def row(self, item_id: int | str) -> int:
         """The item's catalogue row; -1 for an id the catalogue lacks."""
-        return int(self.row_index[item_id]) if 0 <= item_id < len(self.row_index) else -1
+        return int(self.vocab.items.rows([item_id])[0])
 
     def ready(self) -> bool:
         """Whether the online store answers."""
         try:
-            online_rows(self.store, SERVICE, "user_id", [int(self.item_ids[0])])
+            online_rows(self.store, SERVICE, "user_id", [self.vocab.users.values[0]])
         except Exception:  # noqa: BLE001 - readiness is a yes or no
             return False
         return True
 
     def _item(self, row: int, score: float, retrieval: float | None) -> dict:
-        return {"item_id": int(self.item_ids[row]), "title": self.titles[row], "score": score,
+        return {"item_id": self.item_ids[row], "title": self.titles[row], "score": score,
                 "retrieval_score": retrieval}  # fmt: skip
 
 

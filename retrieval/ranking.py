@@ -25,33 +25,30 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from retrieval import artifacts, store
+from retrieval.catalogue import read_meta
 from retrieval.errors import TTRError
-from retrieval.offline import FeatureConfig, feature_config, read_meta
 from retrieval.training import (
     Split,
-    SplitConfig,
-    catalogue_frame,
+    World,
     embed_items,
     embed_users,
     load_towers,
-    num_users,
-    rows_of,
-    split,
-    timeless,
+    read_split,
+    sets_of_rows,
     training_users,
     validation_towers,
     validation_users,
-    vocab_of,
+    world_of,
 )
+from towers import metrics
 from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Vocab, categorical_inputs
+from towers.progress import Progress, Step, report, say
 from towers.ranker import Ranker, RankerConfig, popularity_inputs
 from towers.train import Inputs, embed, take
 from towers.user_tower import UserTower
@@ -60,7 +57,6 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 SERVICE = "ranker"
-SCORES = 1 << 24  # (user, item) scores held at once when ranking the whole catalogue: 64 MiB
 PAIRS = 1 << 18  # (user, item) pairs scored at once: 64 MiB of 64-d item rows
 VALIDATION_ROWS = 20_000  # validation interactions early stopping ranks, at most
 DAY = pd.Timedelta(days=1)
@@ -90,7 +86,8 @@ def ranker_items(feast_store: FeatureStore, vocab: Vocab, entities: pd.DataFrame
 def ranker_inputs(frame: pd.DataFrame, vocab: Vocab) -> Inputs:
     """Item-side ranker inputs from a frame of the ranker service's item features (text and
     content vectors are the towers' input, not the ranker's)."""
-    return {**categorical_inputs(frame, vocab), "popularity": popularity_inputs(frame)}
+    popularity = popularity_inputs(frame, vocab.rating)
+    return {**categorical_inputs(frame, vocab), "popularity": popularity}
 
 
 def item_table(
@@ -107,24 +104,16 @@ def item_table(
 
 
 def hard_pools(
-    user_x: np.ndarray, items: np.ndarray, users: np.ndarray, catalogue: pd.DataFrame,
-    seen: pd.Series, depth: int,
-) -> dict[int, np.ndarray]:  # fmt: skip
+    user_x: np.ndarray, items: np.ndarray, users: np.ndarray, seen: pd.Series, depth: int
+) -> dict[object, np.ndarray]:
     """Each user's top `depth` catalogue rows by the retrieval towers (`user_x` the embeddings of
-    `users`, `items` of the catalogue), the user's own items out; `SCORES` scores at a time."""
-    row_of = rows_of(catalogue["item_id"])
-    depth = min(depth, len(items))
-    table, step = torch.from_numpy(items), max(1, SCORES // len(items))
+    `users`, `items` of the catalogue), the user's own rows (`seen`: per user, a set of catalogue
+    rows) out; every row where the user has seen all."""
+    top = metrics.top_k(user_x, items, [seen.get(u, set()) for u in users], depth)
     pools = {}
-    for start in range(0, len(users), step):
-        scores = torch.from_numpy(user_x[start : start + step]) @ table.T
-        chunk_users = users[start : start + step]
-        for row, user in enumerate(chunk_users):
-            scores[row, [row_of[i] for i in seen.get(user, [])]] = float("-inf")
-        best, top = scores.topk(depth, dim=1)
-        for row, user in enumerate(chunk_users):
-            pool = top[row][torch.isfinite(best[row])].numpy()
-            pools[int(user)] = pool if len(pool) else np.arange(len(catalogue))
+    for user, row in zip(users, top, strict=True):
+        pool = row[row >= 0]
+        pools[user] = pool if len(pool) else np.arange(len(items))
     return pools
 
 
@@ -142,14 +131,14 @@ def pair_scores(user_x: torch.Tensor, items: np.ndarray, cand: np.ndarray) -> to
 def negatives(
     positives: np.ndarray,
     users: np.ndarray,
-    pools: dict[int, np.ndarray],
+    pools: dict[object, np.ndarray],
     n_items: int,
     cfg: RankerTrainConfig,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """(n, 1 + negatives + hard_negatives) catalogue rows: each positive, then its negatives."""
     uniform = rng.integers(n_items, size=(len(positives), cfg.negatives))
-    hard = np.stack([rng.choice(pools[int(u)], size=cfg.hard_negatives) for u in users])
+    hard = np.stack([rng.choice(pools[u], size=cfg.hard_negatives) for u in users])
     return np.concatenate([positives[:, None], uniform, hard], axis=1)
 
 
@@ -167,17 +156,16 @@ class Validation:
 
 def hit_rate(ranker: Ranker, v: Validation, k: int = 10) -> tuple[float, float]:
     """HR@k and NDCG@k over `v`, each user weighing the same."""
-    n = len(v.users["user_id"])
+    n = len(v.users["user"])
     ranker.eval()
     with torch.no_grad():
-        rows = torch.arange(n).repeat_interleave(len(v.items["item_id"]) // n)
+        rows = torch.arange(n).repeat_interleave(len(v.items["item"]) // n)
         scores = ranker(take(v.users, rows), v.items, v.retrieval.reshape(-1)).view(n, -1)
-    rank = (scores[:, 1:] > scores[:, :1]).sum(dim=1)  # items scored above the positive
-    hit, share = (rank < k).float(), v.weights / v.weights.sum()
-    return float((hit * share).sum()), float((hit / torch.log2(rank + 2.0) * share).sum())
+    out = metrics.sampled_hits(scores, v.weights.numpy(), k)
+    return out[f"hr@{k}"], out[f"ndcg@{k}"]
 
 
-def calibrate(ranker: Ranker, data: Examples, steps: int = 50) -> None:
+def calibrate(ranker: Ranker, data: Examples, steps: int = 50) -> tuple[float, float]:
     """Fit the output layer's retrieval weight and bias to the labels with everything else at
     zero (Platt scaling of the retrieval score), so training starts from a calibrated retrieval
     order instead of undoing an overconfident one."""
@@ -192,10 +180,10 @@ def calibrate(ranker: Ranker, data: Examples, steps: int = 50) -> None:
         return value
 
     optimizer.step(loss)
-    print(f"calibrated the retrieval score: logit = {scale.item():.2f} * score + {bias.item():.2f}")
     with torch.no_grad():
         ranker.out.weight[0, -1] = scale.item()
         ranker.out.bias.fill_(bias.item())
+    return scale.item(), bias.item()
 
 
 def fit_ranker(
@@ -203,6 +191,7 @@ def fit_ranker(
     data: Examples,
     validation: Validation | None,
     cfg: RankerTrainConfig,
+    progress: Progress | None = None,
 ) -> dict:
     """Binary cross-entropy over `data`. With a `validation` set, keeps the epoch with the best
     validation HR@10, epoch 0 (the untrained ranker: the retrieval order) included, and stops
@@ -212,18 +201,22 @@ def fit_ranker(
     generator = torch.Generator().manual_seed(cfg.seed)
     steppers = tnn.optimizers(ranker, cfg.lr, cfg.weight_decay)
     history, n, best = [], len(data.labels), {}
-    calibrate(ranker, data)
+    scale, bias = calibrate(ranker, data)
+    sign = "-" if bias < 0 else "+"
+    say(
+        progress,
+        f"the retrieval score calibrated: logit = {scale:.2f} x score {sign} {abs(bias):.2f}",
+    )
     if validation is not None:
         hr, ndcg = hit_rate(ranker, validation)
         history.append({"epoch": 0, "hr@10": hr, "ndcg@10": ndcg})
-        print(f"epoch 0 (the retrieval order): val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}")
+        say(progress, f"epoch 0 (the retrieval order): val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}")
         best = {"hr": hr, "epoch": 0, "state": copy.deepcopy(ranker.state_dict())}
     for epoch in range(cfg.epochs):
         ranker.train()
         order, began, total = torch.randperm(n, generator=generator), time.perf_counter(), 0.0
-        for start in tqdm(
-            range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", leave=False, unit=" batches"
-        ):
+        task, batches = f"epoch {epoch + 1}/{cfg.epochs}", -(-n // cfg.batch_size)
+        for batch, start in enumerate(range(0, n, cfg.batch_size)):
             b = order[start : start + cfg.batch_size]
             user, item = take(data.users, data.rows[b]), take(data.items, data.where[b])
             logits = ranker(user, item, data.retrieval[b])
@@ -234,18 +227,17 @@ def fit_ranker(
             for optimizer in steppers:
                 optimizer.step()
             total += loss.item() * len(b)
+            report(progress, Step(task, batch + 1, batches, "batches"))
         rate = n / (time.perf_counter() - began)
         step = {"epoch": epoch + 1, "loss": total / n, "examples_per_s": rate}
         if validation is None:
             history.append(step)
-            print(f"epoch {epoch + 1}: loss {total / n:.4f}, {rate:,.0f} examples/s")
+            say(progress, f"{task}: loss {total / n:.4f}, {rate:,.0f} examples/s")
             continue
         hr, ndcg = hit_rate(ranker, validation)
         history.append({**step, "hr@10": hr, "ndcg@10": ndcg})
-        print(
-            f"epoch {epoch + 1}: loss {total / n:.4f}, val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}, "
-            f"{rate:,.0f} examples/s"
-        )
+        say(progress, f"{task}: loss {total / n:.4f}, val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}, "
+                      f"{rate:,.0f} examples/s")  # fmt: skip
         if hr > best["hr"]:
             best = {"hr": hr, "epoch": epoch + 1, "state": copy.deepcopy(ranker.state_dict())}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
@@ -296,45 +288,32 @@ def outside(banned: set[int], n_items: int, n: int, rng: np.random.Generator) ->
     return picked
 
 
-def validation_pairs(
-    feast_store: FeatureStore,
-    towers: Towers,
-    sp: Split,
-    vocab: Vocab,
-    catalogue: pd.DataFrame,
-    features: FeatureConfig,
-    rng: np.random.Generator,
-) -> Validation:
+def validation_pairs(world: World, towers: Towers, sp: Split,
+                     rng: np.random.Generator) -> Validation:  # fmt: skip
     """Each validation interaction (a sample of `VALIDATION_ROWS` where there are more) against 99
     sampled items, both sides as of the validation time, with their retrieval scores. Every
     interaction, not one per user: ml-100k has 81 validation users, too few to tell epochs
     apart."""
-    row_of = rows_of(catalogue["item_id"])
+    vocab = world.vocab
     rows = sp.validation.iloc[np.sort(rng.permutation(len(sp.validation))[:VALIDATION_ROWS])]
-    seen = (
-        pd.concat([sp.train, sp.validation])
-        .groupby("user_id")["item_id"]
-        .apply(lambda s: {row_of[i] for i in s})
-    )
+    seen = sets_of_rows(pd.concat([sp.train, sp.validation]), vocab)
     users, inverse = np.unique(rows["user_id"].to_numpy(), return_inverse=True)
     cand = ncf_candidates(
-        rows["item_id"].map(row_of).to_numpy(), [seen[users[u]] for u in inverse],
-        len(catalogue), rng,
+        vocab.items.rows(rows["item_id"]), [seen[users[u]] for u in inverse], len(vocab.items),
+        rng,
     )  # fmt: skip
-    items = catalogue_items(feast_store, vocab, catalogue, sp.validation_time)
-    user_x = validation_users(feast_store, sp, vocab, users, catalogue, features)
-    user_x = take(user_x, torch.from_numpy(inverse))
+    items = catalogue_items(world, sp.validation_time)
+    user_x = take(validation_users(world, sp, users), torch.from_numpy(inverse))
     retrieval = pair_scores(embed(towers.user, user_x), towers.items, cand)
     weights = torch.from_numpy(1.0 / np.bincount(inverse)[inverse]).float()
     return Validation(user_x, take(items, torch.from_numpy(cand.reshape(-1))), retrieval, weights)
 
 
-def catalogue_items(
-    feast_store: FeatureStore, vocab: Vocab, catalogue: pd.DataFrame, at: pd.Timestamp
-) -> Inputs:
+def catalogue_items(world: World, at: pd.Timestamp) -> Inputs:
     """Item-side ranker inputs of every catalogue row as of `at`."""
+    ids = world.vocab.items.values
     return ranker_items(
-        feast_store, vocab, pd.DataFrame({"item_id": catalogue["item_id"], "event_timestamp": at})
+        world.feast_store, world.vocab, pd.DataFrame({"item_id": ids, "event_timestamp": at})
     )
 
 
@@ -364,26 +343,24 @@ class Examples:
     retrieval: torch.Tensor
 
 
-def examples(
-    feast_store: FeatureStore, towers: Towers, vocab: Vocab, sp: Split, data: pd.DataFrame,
-    catalogue: pd.DataFrame, features: FeatureConfig, cfg: RankerTrainConfig,
-    rng: np.random.Generator,
-) -> Examples:  # fmt: skip
+def examples(world: World, towers: Towers, sp: Split, data: pd.DataFrame, cfg: RankerTrainConfig,
+             rng: np.random.Generator) -> Examples:  # fmt: skip
     """Each interaction in `data` with its uniform and hard negatives, both sides' features as
     of the interaction (as of the test time where the split has no time order)."""
-    row_of = rows_of(catalogue["item_id"])
-    as_of = sp.test_time if timeless(sp) else None
-    _, users = training_users(feast_store, data, vocab, catalogue, features, as_of)
-    seen = data.groupby("user_id")["item_id"].apply(list)
+    vocab = world.vocab
+    _, users = training_users(world, data)
+    seen = sets_of_rows(data, vocab)
     at = sp.validation_time if data["event_timestamp"].max() < sp.validation_time else sp.test_time
     pool_users = np.sort(data["user_id"].unique())
-    pool_x = embed_users(feast_store, towers.user, vocab, pool_users, at)
-    pools = hard_pools(pool_x, towers.items, pool_users, catalogue, seen, cfg.hard_pool)
-    cand = negatives(data["item_id"].map(row_of).to_numpy(), data["user_id"].to_numpy(), pools,
-                     len(catalogue), cfg, rng)  # fmt: skip
-    times = data["event_timestamp"] if as_of is None else pd.Series(as_of, index=data.index)
+    pool_x = embed_users(world.feast_store, towers.user, vocab, pool_users, at)
+    pools = hard_pools(pool_x, towers.items, pool_users, seen, cfg.hard_pool)
+    cand = negatives(vocab.items.rows(data["item_id"]), data["user_id"].to_numpy(), pools,
+                     len(vocab.items), cfg, rng)  # fmt: skip
+    times = data["event_timestamp"]
+    if world.as_of is not None:
+        times = pd.Series(world.as_of, index=data.index)
     per_row = cand.shape[1]
-    table, where = item_table(feast_store, vocab, catalogue["item_id"].to_numpy()[cand.reshape(-1)],
+    table, where = item_table(world.feast_store, vocab, vocab.items.values[cand.reshape(-1)],
                               times.repeat(per_row).reset_index(drop=True))  # fmt: skip
     labels = np.zeros(cand.shape, dtype=np.float32)
     labels[:, 0] = 1.0
@@ -393,37 +370,37 @@ def examples(
                     retrieval.reshape(-1))  # fmt: skip
 
 
-def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig) -> Path:
+def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig,
+        progress: Progress | None = None) -> Path:  # fmt: skip
     """Train the ranker on the latest retrieval version's split, early stopping on validation;
     then (`cfg.refit`) afresh on training + validation rows for the best number of epochs, as the
     towers do. Returns the published version under `<root>/ranker/`."""
     version = artifacts.latest(root)
     manifest = artifacts.manifest(version)
-    split_cfg = SplitConfig(manifest["split"]["cutoff"], manifest["split"]["validation"])
-    inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
-    sp = split(inter, manifest["dataset"], split_cfg, manifest["train"]["seed"])
-    feast_store, vocab = store.open_store(prof), vocab_of(manifest)
-    catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
-    features = feature_config(read_meta(prof.offline_dir))
+    sp = read_split(prof.offline_dir, manifest["split"], manifest["train"]["seed"])
+    world = world_of(prof, sp, read_meta(prof.offline_dir), vocab=Vocab.load(version))
+    vocab = world.vocab
     rng = np.random.default_rng(cfg.seed)
     began = time.perf_counter()
-    config = RankerConfig(num_users(prof.offline_dir), vocab.num_items, len(vocab.genres),
-                          retrieval_scale=1 / manifest["train"]["temperature"])  # fmt: skip
-    towers = Towers.load(validation_towers(version), vocab, catalogue)
-    data = examples(feast_store, towers, vocab, sp, sp.train, catalogue, features, cfg, rng)
+    config = RankerConfig(
+        vocab.num_users, vocab.num_items, vocab.fields("user"), vocab.fields("item"),
+        vocab.share_widths(), retrieval_scale=1 / manifest["train"]["temperature"],
+    )  # fmt: skip
+    towers = Towers.load(validation_towers(version), vocab, world.catalogue)
+    data = examples(world, towers, sp, sp.train, cfg, rng)
     torch.manual_seed(cfg.seed)
     ranker = Ranker(config)
-    validation = validation_pairs(feast_store, towers, sp, vocab, catalogue, features, rng)
-    result = fit_ranker(ranker, data, validation, cfg)
+    validation = validation_pairs(world, towers, sp, rng)
+    result = fit_ranker(ranker, data, validation, cfg, progress)
     if cfg.refit:
-        print(f"refit: training + validation rows, {result['best_epoch']} epochs")
+        say(progress, f"refit: training + validation rows, {result['best_epoch']} epochs")
         rows = pd.concat([sp.train, sp.validation])
-        towers = Towers.load(version, vocab, catalogue)
-        data = examples(feast_store, towers, vocab, sp, rows, catalogue, features, cfg, rng)
+        towers = Towers.load(version, vocab, world.catalogue)
+        data = examples(world, towers, sp, rows, cfg, rng)
         torch.manual_seed(cfg.seed)
         ranker = Ranker(config)
         again = dataclasses.replace(cfg, epochs=result["best_epoch"])
-        result["refit"] = fit_ranker(ranker, data, None, again)
+        result["refit"] = fit_ranker(ranker, data, None, again, progress)
     info = {
         "dataset": manifest["dataset"],
         "retrieval_version": manifest["version"],

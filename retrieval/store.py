@@ -21,9 +21,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import yaml
-from tqdm import tqdm
 
 from retrieval.errors import TTRError
+from towers.progress import Progress
 
 if TYPE_CHECKING:  # feast costs seconds to import: commands that need it import it late
     from feast import FeatureStore, RepoConfig
@@ -132,14 +132,16 @@ ENTITY_KEYS = {"user": "user_id", "item": "item_id"}
 
 def entity_features(prof: Profile, entity: str, entity_id: str) -> dict:
     """Every online feature of one user or item, by view; an error if the store has none."""
+    from retrieval.catalogue import parse_id, read_meta
     from towers.features import online_rows
 
     if entity not in ENTITY_KEYS:
         raise TTRError(f"unknown entity {entity!r}; choose user or item")
+    kind = read_meta(prof.offline_dir)["schema"][ENTITY_KEYS[entity]]
     try:
-        key_value = int(entity_id)
+        key_value = parse_id(entity_id, kind, entity)
     except ValueError as err:
-        raise TTRError(f"{entity} id {entity_id!r} is not an integer") from err
+        raise TTRError(str(err)) from err
     store = open_store(prof)
     views = [v for v in store.list_feature_views() if ENTITY_KEYS[entity] in v.join_keys]
     if not views:
@@ -147,7 +149,7 @@ def entity_features(prof: Profile, entity: str, entity_id: str) -> dict:
     refs = [f"{v.name}:{f.name}" for v in sorted(views, key=lambda v: v.name) for f in v.features]
     (row,) = online_rows(store, refs, ENTITY_KEYS[entity], [key_value])
     if all(value is None for name, value in row.items() if name != ENTITY_KEYS[entity]):
-        raise TTRError(f"{entity} {key_value} has no online features in {describe(prof)}")
+        raise TTRError(f"{entity} {key_value!r} has no online features in {describe(prof)}")
     return row
 
 
@@ -212,14 +214,13 @@ class Materialized:
     seconds: float
 
 
-def materialize(prof: Profile, incremental: bool = False) -> list[Materialized]:
+def materialize(prof: Profile, incremental: bool = False,
+                progress: Progress | None = None) -> list[Materialized]:  # fmt: skip
     """Every feature view over the whole time range of the data; with `incremental`, each
     time-series view from its last run's end (inclusive, so the last day's rows are refreshed)."""
+    from retrieval.catalogue import read_meta
     from retrieval.materialize import materialize_view
-    from retrieval.offline import read_meta
 
-    if not (prof.offline_dir / "dataset.json").is_file():
-        raise TTRError(f"no offline data in {prof.offline_dir}; run `ttr data` first")
     meta = read_meta(prof.offline_dir)
     start, end = datetime.fromisoformat(meta["start"]), datetime.fromisoformat(meta["end"])
     store = open_store(prof)
@@ -237,8 +238,7 @@ def materialize(prof: Profile, incremental: bool = False) -> list[Materialized]:
         since = start
         if incremental and view.tags.get("kind") != "static":  # static rows carry old stamps
             since = min(view.most_recent_end_time or start, end)
-        with tqdm(desc=view.name, unit=" rows", leave=False) as bar:
-            began = time.perf_counter()
-            rows = materialize_view(store, view, since, end, progress=bar.update)
+        began = time.perf_counter()
+        rows = materialize_view(store, view, since, end, progress)
         done.append(Materialized(view.name, since, end, rows, time.perf_counter() - began))
     return done

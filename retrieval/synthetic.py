@@ -8,12 +8,14 @@ title words, so both collaborative and content signals can recover it. Generated
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from retrieval.datasets import Dataset
+from retrieval.datasets import SPECS, Tables, read_tables
 from retrieval.errors import TTRError
+from retrieval.reader import Dataset
 
 START = pd.Timestamp("2020-01-01", tz="UTC")
 WORDS = [
@@ -57,22 +59,26 @@ class SyntheticConfig:
             raise TTRError("synthetic: at most 1M items and 10M interactions")
 
 
-def generate(cfg: SyntheticConfig) -> Dataset:
-    """Users, items and interactions with groups planted; `truth` holds the groups."""
+def generate(cfg: SyntheticConfig) -> tuple[Tables, dict[str, np.ndarray]]:
+    """Users, items and interactions with groups planted (the tables of `specs/synthetic.yaml`),
+    and the groups."""
     cfg.validate()
     rng = np.random.default_rng(cfg.seed)
     user_group = rng.integers(cfg.groups, size=cfg.users)
     item_group = rng.permutation(np.arange(cfg.items) % cfg.groups)
     interactions = _interactions(cfg, rng, user_group, item_group)
     genres = [f"genre-{g}" for g in range(cfg.groups)]
-    return Dataset(
-        name="synthetic",
-        interactions=interactions,
-        users=_users(rng, user_group),
-        items=_items(rng, item_group, genres),
-        genres=genres,
-        truth={"user_group": user_group, "item_group": item_group},
-    )
+    tables = {"interactions": interactions, "users": _users(rng, user_group),
+              "items": _items(rng, item_group, genres)}  # fmt: skip
+    return tables, {"user_group": user_group, "item_group": item_group}
+
+
+def load(cfg: SyntheticConfig, out_dir: Path) -> Dataset:
+    """The synthetic world written into `out_dir` and read through its spec, like any data."""
+    tables, truth = generate(cfg)
+    ds = read_tables(tables, SPECS / "synthetic.yaml", out_dir)
+    ds.truth = truth
+    return ds
 
 
 def _interactions(
@@ -97,7 +103,6 @@ def _interactions(
             "item_id": items.astype(np.int64) + 1,
             "rating": rating.astype(np.float32),
             "timestamp": (START + pd.to_timedelta(seconds, unit="s")).as_unit("us"),
-            "split": "",
         }
     )
 
@@ -127,6 +132,5 @@ def _items(rng: np.random.Generator, group: np.ndarray, genres: list[str]) -> pd
             "genres": [[genres[g]] for g in group],
             "year": pd.array(1960 + 2 * (group % 30) + rng.integers(0, 2, n), dtype="Int64"),
             "plot": pd.array([f"A tale of {w} and more {w}." for w in word], dtype="string"),
-            "has_poster": np.zeros(n, dtype=bool),
         }
     )

@@ -1,5 +1,5 @@
 """The `ttr train` stage: split the interactions, read point-in-time features from Feast, fit both
-towers, and publish them as a new artifact version."""
+towers, and publish them, with the vocabulary they read their inputs through, as a new version."""
 
 from __future__ import annotations
 
@@ -11,30 +11,29 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pa_compute
 import pyarrow.parquet as pq
 import torch
 
 from retrieval import artifacts, content, store
+from retrieval.catalogue import catalogue_frame, read_meta, stored_ids
 from retrieval.errors import TTRError
 from retrieval.offline import (
     FeatureConfig,
+    Shares,
     activity_from,
     feature_config,
     leave_one_out,
     micros,
-    read_meta,
 )
 from towers import nn as tnn
 from towers.features import training_frame
-from towers.inputs import Vocab, item_inputs, user_inputs
+from towers.inputs import Ids, Vocab, fit_vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
+from towers.progress import Progress, say
 from towers.train import Inputs, TrainConfig, Validation, embed, train
 from towers.user_tower import UserTower, UserTowerConfig
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from feast import FeatureStore
 
 SERVICES = {"user": "user_tower", "item": "item_tower"}
@@ -57,13 +56,13 @@ class Split:
     test_time: pd.Timestamp
 
 
-def split(inter: pd.DataFrame, dataset: str, cfg: SplitConfig, seed: int = 0) -> Split:
-    """ml-1m's given split; synthetic at random; otherwise temporal at a global cut-off (train
-    before the `cutoff - validation` quantile, validation up to `cutoff`, test after)."""
+def split(inter: pd.DataFrame, kind: str, cfg: SplitConfig, seed: int = 0) -> Split:
+    """The dataset's split (dataset.json's schema): "given" by its split column, "random", or
+    "temporal" at a global cut-off (train before the `cutoff - validation` quantile, validation
+    up to `cutoff`, test after)."""
     ts = inter["event_timestamp"]
     rng = np.random.default_rng(seed)
-    if (inter["split"] == "test").any() or dataset == "synthetic":
-        kind = "given" if (inter["split"] == "test").any() else "random"
+    if kind in ("given", "random"):
         test = (
             inter["split"] == "test" if kind == "given" else rng.random(len(inter)) < 1 - cfg.cutoff
         )
@@ -78,29 +77,14 @@ def split(inter: pd.DataFrame, dataset: str, cfg: SplitConfig, seed: int = 0) ->
     )
 
 
-def catalogue_frame(
-    feast_store: FeatureStore, offline_dir: Path, at: pd.Timestamp, service: str = SERVICES["item"]
-) -> pd.DataFrame:
-    """Every item's features in `service` as of `at`, one row per item in id order."""
-    ids = pq.read_table(offline_dir / "item_content.parquet", columns=["item_id"])[
-        "item_id"
-    ].to_numpy()
-    entities = pd.DataFrame({"item_id": np.sort(ids), "event_timestamp": at})
-    return training_frame(feast_store, service, entities)
+def read_split(offline_dir: Path, manifest_split: dict, seed: int) -> Split:
+    """The split a version was trained on, drawn again from the offline interactions."""
+    inter = pq.read_table(offline_dir / "interactions.parquet").to_pandas()
+    cfg = SplitConfig(manifest_split["cutoff"], manifest_split["validation"])
+    return split(inter, manifest_split["kind"], cfg, seed)
 
 
-def rows_of(item_ids: Iterable[int]) -> dict[int, int]:
-    """Item id -> its row in a catalogue listed in `item_ids` order."""
-    return {int(item): row for row, item in enumerate(item_ids)}
-
-
-def num_users(offline_dir: Path) -> int:
-    """One past the largest user id in the user table: the size of a user-id embedding."""
-    ids = pq.read_table(offline_dir / "user_profile.parquet", columns=["user_id"])["user_id"]
-    return int(pa_compute.max(ids).as_py()) + 1
-
-
-def held_out(sp: Split, items: frozenset[int]) -> Split:
+def held_out(sp: Split, items: frozenset) -> Split:
     """The split with `items` removed from training and validation entirely."""
 
     def keep(f: pd.DataFrame) -> pd.DataFrame:
@@ -109,40 +93,33 @@ def held_out(sp: Split, items: frozenset[int]) -> Split:
     return dataclasses.replace(sp, train=keep(sp.train), validation=keep(sp.validation))
 
 
-def validation_set(
-    feast_store: FeatureStore, sp: Split, vocab: Vocab, catalogue: pd.DataFrame,
-    features: FeatureConfig, afresh: bool = False,
-) -> Validation:  # fmt: skip
+def sets_of_rows(rows: pd.DataFrame, vocab: Vocab) -> pd.Series:
+    """Per user, the set of catalogue rows of their items in `rows`."""
+    at = pd.Series(vocab.items.rows(rows["item_id"]), index=rows.index)
+    return at.groupby(rows["user_id"]).apply(set)
+
+
+def validation_set(world: World, sp: Split) -> Validation:
     """Validation users with their features as of the validation time, and their items."""
-    users, row_of = np.sort(sp.validation["user_id"].unique()), rows_of(catalogue["item_id"])
-    relevant = sp.validation.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
-    seen = sp.train.groupby("user_id")["item_id"].apply(lambda s: {row_of[i] for i in s})
+    users = np.sort(sp.validation["user_id"].unique())
+    relevant, seen = sets_of_rows(sp.validation, world.vocab), sets_of_rows(sp.train, world.vocab)
     return Validation(
-        validation_users(feast_store, sp, vocab, users, catalogue, features, afresh),
+        validation_users(world, sp, users, afresh=bool(world.hidden)),
         [relevant[u] for u in users], [seen.get(u, set()) for u in users],
     )  # fmt: skip
 
 
-def validation_users(
-    feast_store: FeatureStore, sp: Split, vocab: Vocab, user_ids: np.ndarray,
-    catalogue: pd.DataFrame, features: FeatureConfig, afresh: bool = False,
-) -> Inputs:  # fmt: skip
+def validation_users(world: World, sp: Split, user_ids: np.ndarray, afresh: bool = False) -> Inputs:
     """User-tower inputs of `user_ids` as of the validation time. Where the split is not in time
     order (given, random), that is the end of training, and the store's activity features then
-    count the validation rows themselves: those (count, genre shares, recent items) are computed
-    afresh from the training rows alone (with the store's `features` recipe), so validation
-    rewards neither finding its answers among the inputs nor their genres in the shares.
-    `afresh`: so too on a temporal split (the training rows lack a cold start's held-out items;
-    the store has them)."""
-    frame = user_frame(feast_store, user_ids, sp.validation_time)
+    count the validation rows themselves: those (count, shares, recent items) are computed
+    afresh from the training rows alone (with the store's recipe), so validation rewards neither
+    finding its answers among the inputs nor their categories in the shares. `afresh`: so too on
+    a temporal split (the training rows lack a cold start's held-out items; the store has them)."""
+    frame = user_frame(world.feast_store, user_ids, sp.validation_time)
     if sp.kind != "temporal" or afresh:
-        frame = activity_from(sp.train, frame, catalogue, vocab.genres, features)
-    return user_inputs(frame, vocab)
-
-
-def vocab_of(manifest: dict) -> Vocab:
-    """The vocabulary a trained version was built with, from its manifest."""
-    return Vocab(**{**manifest["vocab"], "genres": tuple(manifest["vocab"]["genres"])})
+        frame = activity_from(sp.train, frame, world.shares, world.features)
+    return user_inputs(frame, world.vocab)
 
 
 def user_frame(feast_store: FeatureStore, user_ids: np.ndarray, at: pd.Timestamp) -> pd.DataFrame:
@@ -182,27 +159,25 @@ def timeless(sp: Split) -> bool:
     return sp.train["event_timestamp"].nunique() == 1
 
 
-def training_users(
-    feast_store: FeatureStore, rows: pd.DataFrame, vocab: Vocab, catalogue: pd.DataFrame,
-    features: FeatureConfig, as_of: pd.Timestamp | None, afresh: bool = False,
-) -> tuple[pd.DataFrame, Inputs]:  # fmt: skip
+def training_users(world: World, rows: pd.DataFrame, afresh: bool = False,
+                   ) -> tuple[pd.DataFrame, Inputs]:  # fmt: skip
     """The training rows' user features and tensors. Point in time where the rows have an order;
-    where they have none, `as_of` the end of training (the only time the history exists), computed
-    from `rows` alone (with the store's `features` recipe), the row's own item left out of its
-    activity features and blanked from its recent items, so the label sits neither among the
-    inputs nor in their counts and genre shares. `afresh`: from `rows` alone where they have an
+    where they have none, as of the end of training (`world.as_of`: the only time the history
+    exists), computed from `rows` alone (with the store's recipe), the row's own item left out
+    of its activity features and blanked from its recent items, so the label sits neither among
+    the inputs nor in their counts and shares. `afresh`: from `rows` alone where they have an
     order too (they lack a cold start's held-out items; the store has them)."""
     entities = rows[["user_id", "item_id", "event_timestamp"]]
-    if as_of is not None:
-        entities = entities.assign(event_timestamp=as_of)
-    frame = training_frame(feast_store, SERVICES["user"], entities)
-    if as_of is not None or afresh:
-        frame = activity_from(rows, frame, catalogue, vocab.genres, features)
-    if as_of is not None:
-        frame = leave_one_out(rows, frame, catalogue, vocab.genres)
-    users = user_inputs(frame, vocab)
-    if as_of is not None:
-        label = torch.tensor(frame["item_id"].to_numpy())[:, None]
+    if world.as_of is not None:
+        entities = entities.assign(event_timestamp=world.as_of)
+    frame = training_frame(world.feast_store, SERVICES["user"], entities)
+    if world.as_of is not None or afresh:
+        frame = activity_from(rows, frame, world.shares, world.features)
+    if world.as_of is not None:
+        frame = leave_one_out(rows, frame, world.shares)
+    users = user_inputs(frame, world.vocab)
+    if world.as_of is not None:
+        label = torch.from_numpy(world.vocab.items.index(frame["item_id"]))[:, None]
         users["recent_items"] = users["recent_items"].masked_fill(users["recent_items"] == label, 0)
     return frame, users
 
@@ -221,10 +196,10 @@ class World:
 
     feast_store: FeatureStore
     vocab: Vocab
-    catalogue: pd.DataFrame  # item_tower features, one row per item in id order
+    catalogue: pd.DataFrame  # item_tower features, one row per item in catalogue order
     items: Inputs  # the catalogue as item-tower inputs
-    row_of: dict[int, int]  # item id -> catalogue row
-    hidden: frozenset[int]  # items held out of training entirely
+    shares: Shares  # the store's activity shares over the catalogue
+    hidden: frozenset  # items held out of training entirely
     as_of: pd.Timestamp | None  # where the rows carry no time: user features as of this time
     features: FeatureConfig  # the store's recipe of activity features, to compute them afresh
     shapes: Shapes
@@ -240,16 +215,56 @@ class Fitted:
     meta: dict  # the offline store's dataset.json
     seconds: float
     before_refit: tuple[UserTower, ItemTower] | None  # the early-stopped towers, if refit after
+    world: World
 
 
 def modalities_of(vocab: Vocab) -> tuple[str, ...]:
-    """Every item-tower input the catalogue has: the image only where posters have vectors."""
-    return ("id", "categorical", "text", *(("image",) if vocab.image_dim else ()))
+    """Every item-tower input the catalogue has: categorical where items have such features,
+    text where they have a title or text (pretrained vectors or hashed words), image where images
+    have vectors."""
+    out = ["id"]
+    if vocab.fields("item"):
+        out.append("categorical")
+    if vocab.text_dim or vocab.item_text:
+        out.append("text")
+    if vocab.image_dim:
+        out.append("image")
+    return tuple(out)
+
+
+def world_of(prof: store.Profile, sp: Split, meta: dict, hidden: frozenset = frozenset(),
+             shapes: Shapes | None = None, vocab: Vocab | None = None) -> World:  # fmt: skip
+    """The store, catalogue and vocabulary of a training run: `vocab` (a trained version's), else
+    one fitted on `sp`'s training rows."""
+    feast_store = store.open_store(prof)
+    items = vocab.items if vocab else stored_ids(prof.offline_dir, "item")
+    catalogue = catalogue_frame(feast_store, items, sp.test_time)
+    vocab = vocab or new_vocab(prof.offline_dir, sp, meta, items, catalogue)
+    as_of = sp.test_time if timeless(sp) else None
+    return World(
+        feast_store, vocab, catalogue, item_inputs(catalogue, vocab), Shares(catalogue,
+        meta["shares"]), hidden, as_of, feature_config(meta), shapes or Shapes(),
+    )  # fmt: skip
+
+
+def new_vocab(offline_dir: Path, sp: Split, meta: dict, items: Ids,
+              catalogue: pd.DataFrame) -> Vocab:  # fmt: skip
+    """Every input's encoding fitted on the training rows of `sp`: their users' features (the
+    profile table's), their items' (the `catalogue`'s rows) and their ratings."""
+    schema = meta["schema"]
+    profiles = pq.read_table(offline_dir / "user_profile.parquet").to_pandas()
+    user_rows = profiles.set_index("user_id").reindex(sp.train["user_id"].to_numpy())
+    item_rows = catalogue.iloc[items.rows(sp.train["item_id"])]
+    return fit_vocab(
+        items, stored_ids(offline_dir, "user"), user_rows, item_rows, schema, meta["shares"],
+        sp.train["rating"].to_numpy(dtype=np.float64), schema["title"],
+        **{f"{kind}_dim": width for kind, width in content.dims(offline_dir).items()},
+    )  # fmt: skip
 
 
 def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
-        modalities: tuple[str, ...] | None = None, hidden: frozenset[int] = frozenset(),
-        shapes: Shapes | None = None) -> Fitted:  # fmt: skip
+        modalities: tuple[str, ...] | None = None, hidden: frozenset = frozenset(),
+        shapes: Shapes | None = None, progress: Progress | None = None) -> Fitted:  # fmt: skip
     """Both towers trained on the repository's offline data (the item tower on `modalities`,
     default every input the catalogue has; `shapes` overrides the towers' configs),
     the `hidden` items kept out of training, validation and the users' features: early
@@ -257,87 +272,82 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
     best number of epochs."""
     meta = read_meta(prof.offline_dir)
     inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
-    sp = held_out(split(inter, meta["dataset"], split_cfg, cfg.seed), hidden)
+    sp = held_out(split(inter, meta["schema"]["split"], split_cfg, cfg.seed), hidden)
     if sp.train.empty or sp.validation.empty:
         raise TTRError(f"{meta['dataset']}: the split leaves no training or validation rows")
-    feast_store = store.open_store(prof)
-    catalogue = catalogue_frame(feast_store, prof.offline_dir, sp.test_time)
-    vocab = Vocab(
-        genres=tuple(meta["genres"]),
-        num_items=int(catalogue["item_id"].max()) + 1,
-        num_users=num_users(prof.offline_dir) if cfg.user_ids else 0,
-        **{f"{kind}_dim": width for kind, width in content.dims(prof.offline_dir).items()},
-    )
-    modalities = modalities or modalities_of(vocab)
-    row_of = rows_of(catalogue["item_id"])
-    as_of = sp.test_time if timeless(sp) else None
-    items = item_inputs(catalogue, vocab)
-    features = feature_config(meta)
-    world = World(
-        feast_store, vocab, catalogue, items, row_of, hidden, as_of, features, shapes or Shapes()
-    )
+    world = world_of(prof, sp, meta, hidden, shapes)
+    modalities = modalities or modalities_of(world.vocab)
     began = time.perf_counter()
-    validation = validation_set(feast_store, sp, vocab, catalogue, features, bool(hidden))
-    user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities)
+    validation = validation_set(world, sp)
+    user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities,
+                                             progress)  # fmt: skip
     before_refit = (user_tower, item_tower) if cfg.refit else None
     if cfg.refit:
         again = dataclasses.replace(cfg, epochs=result["best_epoch"])
-        print(f"refit: training + validation rows, {again.epochs} epochs")
+        say(progress, f"refit: training + validation rows, {again.epochs} epochs")
         rows = pd.concat([sp.train, sp.validation])
-        user_tower, item_tower, result["refit"] = _towers(world, rows, None, again, modalities)
+        user_tower, item_tower, result["refit"] = _towers(world, rows, None, again, modalities,
+                                                          progress)  # fmt: skip
     seconds = time.perf_counter() - began
-    return Fitted(user_tower, item_tower, result, vocab, sp, meta, seconds, before_refit)
+    return Fitted(user_tower, item_tower, result, world.vocab, sp, meta, seconds, before_refit,
+                  world)  # fmt: skip
+
+
+def towers_for(vocab: Vocab, cfg: TrainConfig, modalities: tuple[str, ...],
+               shapes: Shapes) -> tuple[UserTower, ItemTower]:  # fmt: skip
+    """Fresh towers shaped by the vocabulary (seeded by `cfg.seed`)."""
+    torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
+    user_tower = UserTower(UserTowerConfig(
+        vocab.num_items, vocab.fields("user"), vocab.share_widths(), dim=cfg.dim,
+        num_users=vocab.num_users if cfg.user_ids else 0, **shapes.user,
+    ))  # fmt: skip
+    item_tower = ItemTower(ItemTowerConfig(
+        vocab.num_items, vocab.fields("item") if "categorical" in modalities else (),
+        dim=cfg.dim, modalities=modalities,
+        text_dim=vocab.text_dim if "text" in modalities else 0,
+        image_dim=vocab.image_dim if "image" in modalities else 0, **shapes.item,
+    ))  # fmt: skip
+    return user_tower, item_tower
 
 
 def _towers(
     world: World, rows: pd.DataFrame, validation: Validation | None, cfg: TrainConfig,
-    modalities: tuple[str, ...],
+    modalities: tuple[str, ...], progress: Progress | None = None,
 ) -> tuple[UserTower, ItemTower, dict]:  # fmt: skip
     """Both towers trained on `rows`; ids that never occur in them are forgotten afterwards, so
     those items and users embed from their features alone."""
-    vocab, row_of = world.vocab, world.row_of
-    frame, users = training_users(
-        world.feast_store, rows, vocab, world.catalogue, world.features, world.as_of,
-        bool(world.hidden),
-    )  # fmt: skip
-    counts = np.bincount([row_of[i] for i in rows["item_id"]], minlength=len(row_of)) + 1.0
-    torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
-    user_tower = UserTower(UserTowerConfig(
-        vocab.num_items, len(vocab.genres), dim=cfg.dim, num_users=vocab.num_users,
-        **world.shapes.user,
-    ))  # fmt: skip
-    item_tower = ItemTower(ItemTowerConfig(
-        vocab.num_items, len(vocab.genres), dim=cfg.dim, modalities=modalities,
-        text_dim=vocab.text_dim if "text" in modalities else 0,
-        image_dim=vocab.image_dim if "image" in modalities else 0, **world.shapes.item,
-    ))  # fmt: skip
+    vocab = world.vocab
+    frame, users = training_users(world, rows, bool(world.hidden))
+    item_rows = vocab.items.rows(frame["item_id"])
+    counts = np.bincount(item_rows, minlength=len(vocab.items)) + 1.0
+    user_tower, item_tower = towers_for(vocab, cfg, modalities, world.shapes)
     times = None if world.as_of is not None else torch.from_numpy(micros(frame["event_timestamp"]))
     result = train(
-        user_tower, item_tower, users, torch.tensor([row_of[i] for i in frame["item_id"]]),
+        user_tower, item_tower, users, torch.from_numpy(item_rows),
         torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32)), world.items,
-        validation, cfg, times,
+        validation, cfg, times, progress,
     )  # fmt: skip
-    untrained = torch.tensor(
-        sorted(set(world.catalogue["item_id"]) - set(rows["item_id"])), dtype=torch.long
-    )
-    item_tower.forget(untrained)
-    strangers = np.setdiff1d(np.arange(vocab.num_users), rows["user_id"].unique())
-    user_tower.forget(untrained, torch.from_numpy(strangers))
+    untrained = np.setdiff1d(np.arange(1, vocab.num_items), vocab.items.index(rows["item_id"]))
+    item_tower.forget(torch.from_numpy(untrained))
+    strangers = np.setdiff1d(np.arange(1, vocab.num_users), vocab.users.index(rows["user_id"]))
+    user_tower.forget(torch.from_numpy(untrained), torch.from_numpy(strangers))
     return user_tower, item_tower, result
 
 
-def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig) -> Path:
+def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig,
+        progress: Progress | None = None) -> Path:  # fmt: skip
     """Train on the repository's offline data; returns the published version directory."""
-    f = fit(prof, cfg, split_cfg)
+    f = fit(prof, cfg, split_cfg, progress=progress)
     info = {
         "dataset": f.meta["dataset"], "data_time_range": [f.meta["start"], f.meta["end"]],
-        "vocab": asdict(f.vocab), "split": _split_info(f.split, split_cfg), "train": asdict(cfg),
+        "split": _split_info(f.split, split_cfg), "train": asdict(cfg),
         "item_inputs": list(f.item_tower.config.modalities),
         "content": content.info(prof.offline_dir),
         "seconds": f.seconds, "metrics": f.result,
     }  # fmt: skip
     with artifacts.staging(root) as staged:
         save_towers(staged, f.user_tower, f.item_tower)
+        f.vocab.save(staged)
         if f.before_refit is not None:
             save_towers(staged / BEFORE_REFIT, *f.before_refit)
         return artifacts.publish(

@@ -85,6 +85,13 @@ VIEWS = {
 }
 
 
+def views(prof: store.Profile) -> dict[str, str]:
+    """The feature views (view -> join key) the repository declares for its dataset."""
+    feast_store = store.open_store(prof)
+    names = {v.name for v in feast_store.list_feature_views()}
+    return {view: key for view, key in VIEWS.items() if view in names}
+
+
 def latest_offline(prof: store.Profile, view: str) -> pd.DataFrame:
     frame = pq.read_table(prof.offline_dir / f"{view}.parquet").to_pandas()
     key = VIEWS[view]
@@ -95,7 +102,7 @@ def online_snapshot(prof: store.Profile) -> dict[str, pd.DataFrame]:
     """Every online feature of every user and item, one frame per view."""
     feast_store = store.open_store(prof)
     snapshot = {}
-    for view, key in VIEWS.items():
+    for view, key in views(prof).items():
         ids = latest_offline(prof, view).index.tolist()
         refs = [f"{view}:{f.name}" for f in feast_store.get_feature_view(view).features]
         snapshot[view] = pd.DataFrame(online_rows(feast_store, refs, key, ids)).set_index(key)

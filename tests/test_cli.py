@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import need_data
 from test_datasets import write_ml_latest
@@ -100,12 +101,16 @@ def test_malformed_split_in_ml1m(tmp_path, repo, capsys):
     one_line_error(capsys, argv, "interactions.tsv", "line 3", "valid")
 
 
-def test_item_outside_the_catalogue(tmp_path, repo, capsys):
+def test_an_item_outside_the_catalogue_is_counted_and_dropped(tmp_path, repo, capsys):
     raw = write_ml_latest(tmp_path / "raw")
     with (raw / "ratings.csv").open("a") as f:
         f.write("3,999,4.0,1000000001\n")
     argv = ["data", "--dataset", "ml-latest", "--data-dir", str(raw), "--repo", str(repo)]
-    one_line_error(capsys, argv, "999")
+    assert run(argv) == 0
+    out = capsys.readouterr().out
+    assert "rows naming an item not in items.parquet, dropped: 1" in out and "999" in out
+    inter = pd.read_parquet(repo / "data" / "offline" / "interactions.parquet")
+    assert len(inter) == 4 and 999 not in set(inter["item_id"])
 
 
 def free_port() -> int:

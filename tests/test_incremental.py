@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 from conftest import assert_online_equals_offline, copy_repo, unique_project
@@ -9,15 +11,16 @@ from test_datasets import write_ml_latest
 
 from retrieval import datasets, offline, store
 from retrieval.cli import run
-from retrieval.synthetic import SyntheticConfig, generate
+from retrieval.synthetic import SyntheticConfig, load
 
 
-def test_incremental_run_catches_up_with_new_days(repo, capsys):
-    ds = generate(SyntheticConfig(users=80, items=30, interactions=4_000, groups=3, days=60))
+def test_incremental_run_catches_up_with_new_days(repo, tmp_path, capsys):
+    cfg = SyntheticConfig(users=80, items=30, interactions=4_000, groups=3, days=60)
+    ds = load(cfg, tmp_path / "raw")
     prof = store.profile(repo)
     cut = pd.Timestamp("2020-01-31 15:00", tz="UTC")  # mid-day: the last day changes later
     early = ds.interactions[ds.interactions["timestamp"] < cut]
-    partial = type(ds)(ds.name, early, ds.users, ds.items, ds.genres)
+    partial = dataclasses.replace(ds, interactions=early)
     offline.write(offline.build(partial), prof.offline_dir)
     assert run(["apply", "--repo", str(repo)]) == 0
     assert run(["materialize", "--repo", str(repo)]) == 0
@@ -40,12 +43,13 @@ def test_online_store_mirrors_a_replaced_dataset(online, tmp_path, request):
     ones (Feast's Redis writer drops rows older than what is online unless told otherwise)."""
     url = request.getfixturevalue("redis_url") if online == "redis" else None
     prof = store.profile(copy_repo(tmp_path, project=unique_project()), url)
-    newer = generate(SyntheticConfig(users=5, items=5, interactions=100, groups=1))
+    newer = load(SyntheticConfig(users=5, items=5, interactions=100, groups=1), tmp_path / "new")
     offline.write(offline.build(newer), prof.offline_dir)
     store.apply(prof)
     store.materialize(prof)
-    older = datasets.load("ml-latest", write_ml_latest(tmp_path / "raw"))
+    older = datasets.load("ml-latest", write_ml_latest(tmp_path / "raw"), tmp_path / "old")
     offline.write(offline.build(older), prof.offline_dir)
+    store.apply(prof)  # another dataset: its own feature views
     store.materialize(prof)
     try:
         assert store.entity_features(prof, "item", "1")["title"] == "Toy Story (1995)"

@@ -7,6 +7,7 @@ import pytest
 
 from retrieval import index
 from retrieval.errors import TTRError
+from towers import metrics
 
 
 def clustered(n: int, d: int, clusters: int, seed: int) -> np.ndarray:
@@ -27,6 +28,21 @@ def test_flat_search_equals_brute_force():
     brute = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     assert (found == ids[brute]).all()
     assert np.allclose(scores, np.take_along_axis(queries @ vectors.T, brute, axis=1), atol=1e-5)
+
+
+def test_search_excluding_is_the_exact_top_k_of_what_is_left():
+    """The index's ids are catalogue rows: leaving a user's seen rows out gives the brute-force
+    top k of the rest (`towers.metrics.top_k`, the one full-ranking top k)."""
+    vectors, queries = clustered(500, 16, 10, 0), clustered(20, 16, 10, 1)
+    built = index.build(vectors, np.arange(500), queries, index.IndexConfig(k=10))
+    rng = np.random.default_rng(0)
+    exclude = [set(rng.choice(500, size=int(rng.integers(0, 40)), replace=False).tolist())
+               for _ in range(20)]  # fmt: skip
+    found = index.search_excluding(built.index, built.params, queries, 10, exclude)
+    exact = metrics.top_k(queries, vectors, exclude, 10)
+    for (rows, scores), truth, done, query in zip(found, exact, exclude, queries, strict=True):
+        assert rows.tolist() == truth.tolist() and not set(rows.tolist()) & done
+        assert np.allclose(scores, vectors[rows] @ query, atol=1e-5)
 
 
 def test_ivf_meets_its_recall_floor_on_held_out_queries():
@@ -53,10 +69,16 @@ def test_bad_vectors_stop_the_build(bad, message):
 def test_save_load_round_trip_checks_the_digest(tmp_path):
     vectors = clustered(500, 8, 5, 5)
     built = index.build(vectors, np.arange(500), vectors[:10], index.IndexConfig(k=5))
-    info = index.save(built, tmp_path, {"model_version": "v1"})
+    info = index.save(built, vectors, tmp_path, {"model_version": "v1"})
     loaded, meta = index.load(tmp_path)
     assert meta == info and loaded.ntotal == 500 and meta["dimension"] == 8
     assert (index.search(loaded, meta["params"], vectors[:3], 5)[1][:, 0] == [0, 1, 2]).all()
+    assert np.array_equal(index.embeddings(tmp_path), vectors)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.npy", "index.faiss",
+                                                         "index.json"]  # no staging files left
     (tmp_path / "index.faiss").write_bytes(b"corrupt")
     with pytest.raises(TTRError, match="sha256"):
         index.load(tmp_path)
+    (tmp_path / "embeddings.npy").write_bytes(b"corrupt")
+    with pytest.raises(TTRError, match="sha256"):
+        index.embeddings(tmp_path)

@@ -7,17 +7,25 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from retrieval import offline
-from retrieval.synthetic import SyntheticConfig, generate
+from retrieval import offline, reader
+from retrieval.synthetic import SyntheticConfig, load
 
 DAY = pd.Timedelta(days=1)
 RECENT = offline.FeatureConfig().recent_items
 
 
 @pytest.fixture(scope="module")
-def world():
-    ds = generate(SyntheticConfig(users=60, items=40, interactions=3_000, groups=4, days=90))
+def world(tmp_path_factory):
+    cfg = SyntheticConfig(users=60, items=40, interactions=3_000, groups=4, days=90)
+    ds = load(cfg, tmp_path_factory.mktemp("synthetic"))
     return ds, offline.build(ds)
+
+
+def expected_shares(seen: pd.DataFrame, ds, values: list[str]) -> np.ndarray:
+    """By brute force: the share of `seen`'s genres on each of `values`."""
+    genres = ds.items.set_index("item_id")["genres"]
+    counts = pd.Series([g for i in seen["item_id"] for g in genres[i]]).value_counts()
+    return (counts.reindex(values, fill_value=0) / max(counts.sum(), 1)).to_numpy()
 
 
 @pytest.mark.parametrize("bucket", ["day", "hour"])
@@ -25,12 +33,11 @@ def test_activity_rows_hold_the_state_at_the_end_of_each_bucket(world, bucket):
     ds, _ = world
     tables = offline.build(ds, offline.FeatureConfig(activity_bucket=bucket))
     activity = tables.user_activity.to_pandas()
-    history = tables.user_history.to_pandas().set_index(["user_id", "event_timestamp"])
-    assert len(history) == len(activity)  # the same (user, bucket) rows
+    values = tables.meta["shares"]["genres"]
+    assert sorted(values) == sorted({g for gs in ds.items["genres"] for g in gs})
     assert activity.groupby("user_id").size().mean() > 1  # several buckets per user
     assert (activity["event_timestamp"].dt.hour != 0).any() == (bucket == "hour")
     inter = ds.interactions
-    genres = ds.items.set_index("item_id")["genres"]
     for row in activity.sample(40, random_state=0).itertuples():
         seen = inter[(inter["user_id"] == row.user_id) & (inter["timestamp"] < row.event_timestamp)]
         seen = seen.sort_values("timestamp", kind="stable")
@@ -38,11 +45,47 @@ def test_activity_rows_hold_the_state_at_the_end_of_each_bucket(world, bucket):
         assert row.interaction_count == len(seen)
         assert np.isclose(row.mean_rating, seen["rating"].mean())
         assert list(row.recent_items) == seen["item_id"].tolist()[::-1][:RECENT]
-        everything = history.loc[(row.user_id, row.event_timestamp), "seen_items"]
-        assert list(everything) == seen["item_id"].tolist()[::-1]
-        counts = pd.Series([g for i in seen["item_id"] for g in genres[i]]).value_counts()
-        shares = counts.reindex(ds.genres, fill_value=0) / counts.sum()
-        assert np.allclose(row.genre_shares, shares.to_numpy(), atol=1e-6)
+        assert np.allclose(row.genres_shares, expected_shares(seen, ds, values), atol=1e-6)
+
+
+def test_activity_is_the_same_computed_in_chunks_of_users(world, monkeypatch):
+    ds, tables = world
+    monkeypatch.setattr(offline, "ACTIVITY_CHUNK", 97)  # many chunks, each ending with a user
+    assert len(offline.user_chunks(reader.by_user_and_time(ds.interactions)["user_id"].to_numpy(),
+                                   97)) > 10  # fmt: skip
+    assert offline.build(ds).user_activity.equals(tables.user_activity)
+
+
+def test_rows_sort_by_user_then_time_keeping_ties_in_order():
+    at = pd.to_datetime([3, 1, 2, 1, 1], unit="s", utc=True)
+    inter = pd.DataFrame({"user_id": ["b", "a", "b", "a", "a"], "item_id": [1, 2, 3, 4, 5],
+                          "timestamp": at})  # fmt: skip
+    assert reader.by_user_and_time(inter)["item_id"].tolist() == [2, 4, 5, 3, 1]
+
+
+def test_history_holds_every_item_once_per_user_as_of_their_last_day(world):
+    ds, tables = world
+    history = tables.user_history.to_pandas().set_index("user_id")
+    assert history.index.is_unique and len(history) == ds.interactions["user_id"].nunique()
+    for user, row in history.sample(20, random_state=0).iterrows():
+        mine = ds.interactions[ds.interactions["user_id"] == user].sort_values(
+            "timestamp", kind="stable"
+        )
+        assert list(row["seen_items"]) == mine["item_id"].tolist()[::-1]
+        assert row["event_timestamp"] == mine["timestamp"].max().floor("D") + DAY
+
+
+def test_shares_pool_the_rare_values_of_a_wide_feature():
+    """Past SHARE_VALUES values, the most frequent keep a slot each and the rest share one."""
+    n = offline.SHARE_VALUES + 8
+    items = pd.DataFrame({"item_id": np.arange(n), "brand": [f"b{i}" for i in range(n)]})
+    rows = pd.DataFrame({"item_id": np.repeat(np.arange(n), np.arange(n, 0, -1))})
+    shares = offline.Shares.fit(items, {"brand": "categorical"}, rows)
+    values = shares.values["brand"]
+    assert len(values) == offline.SHARE_VALUES and values[-1] == offline.OTHER
+    assert values[:3] == ["b0", "b1", "b2"]  # the most picked first
+    hot = shares.of(np.array([0, n - 1, 999])).get("brand").toarray()
+    assert hot[0, 0] == 1 and hot[1, -1] == 1 and hot[2].sum() == 0  # rare: other; unknown: none
 
 
 def test_popularity_windows_match_brute_force(world):
@@ -66,8 +109,8 @@ def test_every_stamp_lies_in_the_materialized_range(world):
         assert stamps.min() >= start and stamps.max() <= end, name
 
 
-def test_test_split_never_feeds_features():
-    ds = generate(SyntheticConfig(users=30, items=20, interactions=600, groups=2))
+def test_test_split_never_feeds_features(tmp_path):
+    ds = load(SyntheticConfig(users=30, items=20, interactions=600, groups=2), tmp_path)
     ds.interactions["split"] = np.where(np.arange(600) % 5 == 0, "test", "train")
     tables = offline.build(ds)
     last = tables.user_activity.to_pandas().groupby("user_id")["interaction_count"].max()
@@ -81,15 +124,16 @@ def test_a_failed_write_leaves_the_previous_files(world, tmp_path, monkeypatch):
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     calls = []
 
-    def failing_write(table, path):
+    def failing_write(table, path, **options):
         calls.append(path)
         if len(calls) == 3:
             raise OSError("disk full")
-        return original(table, path)
+        return original(table, path, **options)
 
     original = pq.write_table
+    cfg = SyntheticConfig(users=5, items=5, interactions=50, groups=1)
+    smaller = offline.build(load(cfg, tmp_path.parent / "smaller"))
     monkeypatch.setattr(pq, "write_table", failing_write)
-    smaller = offline.build(generate(SyntheticConfig(users=5, items=5, interactions=50, groups=1)))
     with pytest.raises(OSError, match="disk full"):
         offline.write(smaller, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no stray temp files
@@ -99,8 +143,9 @@ def test_leave_one_out_features_count_every_other_row_of_the_user(world):
     ds, _ = world
     rows = ds.interactions.sample(300, random_state=0)
     frame = pd.DataFrame({"user_id": rows["user_id"].to_numpy()})
-    out = offline.leave_one_out(rows, frame, ds.items, ds.genres)
-    genres = ds.items.set_index("item_id")["genres"]
+    shares = offline.Shares(ds.items, {"genres": sorted({g for gs in ds.items["genres"]
+                                                          for g in gs})})  # fmt: skip
+    out = offline.leave_one_out(rows, frame, shares)
     for j, row in enumerate(rows.itertuples()):
         others = rows[(rows["user_id"] == row.user_id) & (rows.index != row.Index)]
         if others.empty:
@@ -108,9 +153,8 @@ def test_leave_one_out_features_count_every_other_row_of_the_user(world):
             continue
         assert out["interaction_count"][j] == len(others)
         assert np.isclose(out["mean_rating"][j], others["rating"].mean())
-        counts = pd.Series([g for i in others["item_id"] for g in genres[i]]).value_counts()
-        shares = counts.reindex(ds.genres, fill_value=0) / max(counts.sum(), 1)
-        assert np.allclose(out["genre_shares"][j], shares.to_numpy(), atol=1e-6)
+        expected = expected_shares(others, ds, shares.values["genres"])
+        assert np.allclose(out["genres_shares"][j], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("bucket", ["day", "hour"])
@@ -127,11 +171,11 @@ def test_activity_from_rows_is_the_store_had_only_they_happened(world, bucket):
     at = ds.interactions["timestamp"].sample(50, random_state=0).to_numpy()
     frame = pd.DataFrame({
         "user_id": rng.choice(ds.users["user_id"].to_numpy(), size=len(at)), "event_timestamp": at,
-        "interaction_count": -1, "recent_items": None, "genre_shares": None,
+        "interaction_count": -1, "recent_items": None, "genres_shares": None,
     })  # fmt: skip
-    out = offline.activity_from(rows, frame, ds.items, ds.genres, cfg)
+    shares = offline.Shares(ds.items, {"genres": ["genre-0", "genre-1", "genre-2", "genre-3"]})
+    out = offline.activity_from(rows, frame, shares, cfg)
     width = pd.Timedelta(days=1) if bucket == "day" else pd.Timedelta(hours=1)
-    genres = ds.items.set_index("item_id")["genres"]
     assert (out["event_timestamp"] == frame["event_timestamp"]).all()
     for row in out.itertuples():
         ended = kept["timestamp"].dt.floor(width) + width <= row.event_timestamp
@@ -141,7 +185,6 @@ def test_activity_from_rows_is_the_store_had_only_they_happened(world, bucket):
             continue
         assert row.interaction_count == len(seen)
         assert list(row.recent_items) == seen["item_id"].tolist()[::-1][:RECENT]
-        counts = pd.Series([g for i in seen["item_id"] for g in genres[i]]).value_counts()
-        shares = counts.reindex(ds.genres, fill_value=0) / counts.sum()
-        assert np.allclose(row.genre_shares, shares.to_numpy(), atol=1e-6)
+        expected = expected_shares(seen, ds, shares.values["genres"])
+        assert np.allclose(row.genres_shares, expected, atol=1e-6)
     assert out["interaction_count"].notna().mean() > 0.5

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from retrieval import ranking
+from towers import metrics
 
 
 class ByRetrieval(nn.Module):
@@ -31,16 +32,15 @@ def test_pair_scores_are_dot_products_across_chunks(monkeypatch):
 
 
 def test_hard_pools_are_the_best_unseen_items_across_chunks(monkeypatch):
-    monkeypatch.setattr(ranking, "SCORES", 12)  # two users of six items a chunk
+    monkeypatch.setattr(metrics, "CHUNK_SCORES", 12)  # two users of six items a chunk
     rng = np.random.default_rng(0)
     users, items = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(6, 3))
     items = items.astype(np.float32)
-    catalogue = pd.DataFrame({"item_id": [10, 11, 12, 13, 14, 15]})
-    seen = pd.Series({1: [10, 12], 4: [10, 11, 12, 13, 14, 15]})
-    pools = ranking.hard_pools(users, items, np.arange(5), catalogue, seen, depth=3)
+    seen = pd.Series({1: {0, 2}, 4: set(range(6))})  # catalogue rows
+    pools = ranking.hard_pools(users, items, np.arange(5), seen, depth=3)
     scores = users @ items.T
     for user in (0, 1, 2, 3):
-        allowed = [r for r in range(6) if catalogue["item_id"][r] not in seen.get(user, [])]
+        allowed = [r for r in range(6) if r not in seen.get(user, set())]
         best = sorted(allowed, key=lambda r: -scores[user, r])[:3]
         assert sorted(pools[user].tolist()) == sorted(best)
     assert sorted(pools[4].tolist()) == list(range(6))  # all seen: the whole catalogue
@@ -74,7 +74,7 @@ def test_validation_hit_rate_weighs_each_user_equally():
         [0.5, 0.9, 0.1],  # user 2: one above -> rank 1
     ])  # fmt: skip
     v = ranking.Validation(
-        {"user_id": torch.tensor([1, 1, 2])}, {"item_id": torch.arange(9)}, retrieval,
+        {"user": torch.tensor([1, 1, 2])}, {"item": torch.arange(9)}, retrieval,
         torch.tensor([0.5, 0.5, 1.0]),
     )  # fmt: skip
     assert ranking.hit_rate(ByRetrieval(), v, k=1)[0] == pytest.approx(0.25)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from retrieval import offline, store
-from retrieval.synthetic import SyntheticConfig, generate
+from retrieval.synthetic import SyntheticConfig, load
 from towers.features import training_frame
-from towers.inputs import Vocab, item_inputs, user_inputs
+from towers.inputs import Ids, fit_vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
 from towers.train import TrainConfig, Validation, embed, train, validate
 from towers.user_tower import UserTower, UserTowerConfig
@@ -22,7 +22,8 @@ K = 10
 def trained(tmp_path_factory):
     from conftest import copy_repo
 
-    ds = generate(SyntheticConfig(users=400, items=120, interactions=24_000, groups=4, days=60))
+    cfg = SyntheticConfig(users=400, items=120, interactions=24_000, groups=4, days=60)
+    ds = load(cfg, tmp_path_factory.mktemp("synthetic"))
     prof = store.profile(copy_repo(tmp_path_factory.mktemp("train")))
     tables = offline.build(ds)
     offline.write(tables, prof.offline_dir)
@@ -33,13 +34,18 @@ def trained(tmp_path_factory):
     is_val = np.random.default_rng(0).random(len(inter)) < 0.2
     train_rows, val_rows = inter[~is_val], inter[is_val]
 
-    vocab = Vocab(genres=tuple(ds.genres), num_items=int(ds.items["item_id"].max()) + 1)
     frame = training_frame(
         feast_store, "user_tower", train_rows[["user_id", "item_id", "event_timestamp"]]
     )
     items = pd.DataFrame({"item_id": ds.items["item_id"], "event_timestamp": end})
-    catalogue = item_inputs(training_frame(feast_store, "item_tower", items), vocab)
+    features = training_frame(feast_store, "item_tower", items)
     row_of = {item: row for row, item in enumerate(ds.items["item_id"])}
+    vocab = fit_vocab(
+        Ids(ds.items["item_id"]), Ids(ds.users["user_id"]), frame,
+        features.iloc[[row_of[i] for i in frame["item_id"]]], ds.schema.to_json(),
+        tables.meta["shares"], train_rows["rating"].to_numpy(), ds.schema.title,
+    )  # fmt: skip
+    catalogue = item_inputs(features, vocab)
     val_users = sorted(val_rows["user_id"].unique())
     latest = training_frame(
         feast_store, "user_tower", pd.DataFrame({"user_id": val_users, "event_timestamp": end})
@@ -55,12 +61,10 @@ def trained(tmp_path_factory):
         ],
     )
     counts = np.bincount([row_of[i] for i in train_rows["item_id"]], minlength=len(row_of)) + 1
-    user_tower = UserTower(
-        UserTowerConfig(num_items=vocab.num_items, num_genres=len(ds.genres), dim=32)
-    )
-    item_tower = ItemTower(
-        ItemTowerConfig(num_items=vocab.num_items, num_genres=len(ds.genres), dim=32)
-    )
+    user_tower = UserTower(UserTowerConfig(vocab.num_items, vocab.fields("user"),
+                                           vocab.share_widths(), dim=32))  # fmt: skip
+    item_tower = ItemTower(ItemTowerConfig(vocab.num_items, vocab.fields("item"), dim=32,
+                                           modalities=("id", "categorical", "text")))  # fmt: skip
     result = train(
         user_tower, item_tower, user_inputs(frame, vocab),
         torch.tensor([row_of[i] for i in frame["item_id"]]),
@@ -73,7 +77,7 @@ def trained(tmp_path_factory):
 def test_validation_recall_far_above_random(trained):
     _, result, _, _, validation, catalogue, _ = trained
     torch.manual_seed(0)
-    n_users, n_items = len(validation.relevant), len(catalogue["item_id"])
+    n_users, n_items = len(validation.relevant), len(catalogue["item"])
     random = validate(torch.randn(n_users, 8), torch.randn(n_items, 8), validation, K)
     assert result[f"val_recall@{K}"] > 2.5 * random["recall"]
     assert result[f"val_ndcg@{K}"] > 2.5 * random["ndcg"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,9 @@ from retrieval import artifacts, evaluate, indexing, store, training
 from retrieval.cli import run
 from retrieval.evaluate import Protocol, by_activity
 from retrieval.offline import micros
-from retrieval.synthetic import SyntheticConfig, generate
+from retrieval.synthetic import SyntheticConfig, load
 from towers import nn as tnn
+from towers.inputs import Ids, Vocab
 from towers.item_tower import ItemTower
 from towers.train import TrainConfig
 from towers.user_tower import UserTower, UserTowerConfig
@@ -88,7 +90,7 @@ def test_a_failed_run_never_becomes_latest(world, monkeypatch, capsys):
 def test_temporal_split_cuts_at_global_times():
     ts = pd.date_range("2020-01-01", periods=100, freq="D", tz="UTC")
     inter = pd.DataFrame({"user_id": 1, "item_id": range(100), "event_timestamp": ts, "split": ""})
-    sp = training.split(inter, "ml-100k", training.SplitConfig(cutoff=0.8, validation=0.1))
+    sp = training.split(inter, "temporal", training.SplitConfig(cutoff=0.8, validation=0.1))
     assert sp.kind == "temporal" and (len(sp.train), len(sp.validation), len(sp.test)) == (
         70,
         10,
@@ -163,15 +165,17 @@ def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
     draws = cold["draws"]  # other items held out at each seed, the metrics their mean
     assert [d["seed"] for d in draws] == [0, 1] and cold["items"] == 8
     assert cold["users"] == sum(d["users"] for d in draws) and min(d["users"] for d in draws) > 20
-    for name in ("two_tower", "categorical+text", "id+categorical", "popularity", "user_genres"):
+    popular = "popularity_within_genres"
+    for name in ("two_tower", "categorical+text", "id+categorical", popular, "user_genres"):
         mean = np.mean([d[name]["recall@20"] for d in draws])
         assert cold[name]["recall@20"] == pytest.approx(mean)
     assert draws[0]["two_tower"] != draws[1]["two_tower"]
-    assert cold["two_tower"]["ndcg@10"] > cold["popularity"]["ndcg@10"]
-    assert cold["categorical+text"]["ndcg@10"] > cold["popularity"]["ndcg@10"]  # no id input
-    assert cold["user_genres"]["ndcg@10"] > cold["popularity"]["ndcg@10"]  # the group is a genre
+    assert cold["two_tower"]["ndcg@10"] > cold[popular]["ndcg@10"]
+    assert cold["categorical+text"]["ndcg@10"] > cold[popular]["ndcg@10"]  # no id input
+    assert cold["user_genres"]["ndcg@10"] > cold[popular]["ndcg@10"]  # the group is a genre
     similar = result["similar"]  # the planted group is each item's genre
-    assert similar["two_tower"]["genre_share@10"] > similar["popularity"]["genre_share@10"]
+    assert similar["feature"] == "genres"
+    assert similar["two_tower"]["shared_value@10"] > similar["popularity"]["shared_value@10"]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -194,17 +198,26 @@ def test_evaluate_refuses_zero_cold_draws(world, capsys):
     assert "cold draws 0" in capsys.readouterr().err
 
 
-def test_user_genres_spreads_each_users_genre_shares_over_the_items():
+def test_user_shares_spread_over_the_items_holding_each_value():
+    """The personalised baseline of the cold start: a user's share of earlier interactions on
+    each value, spread evenly over the held-out items holding it; popularity within the values
+    breaks ties and alone ranks a user without history."""
     catalogue = pd.DataFrame({"item_id": [1, 2, 3, 4, 5],
                               "genres": [["a"], ["b"], ["a"], ["a", "b"], None]})  # fmt: skip
+    vocab = Vocab(Ids(catalogue["item_id"]), Ids([7, 8, 9]), shares={"genres": ["a", "b"]})
+    world = SimpleNamespace(catalogue=catalogue, vocab=vocab)
     before = pd.DataFrame({"user_id": [7, 7, 7, 7, 8], "item_id": [1, 1, 1, 2, 2]})
     rows = np.array([2, 3, 4])  # items 3, 4, 5 held out: "a" in two of them, "b" in one
-    popular = np.array([5.0, 1.0, 3.0])
-    genres = np.array([[1, 0], [0, 1], [1, 0], [1, 1], [0, 0]], dtype=np.float32)  # a, b
-    scores = evaluate.user_genres(before, catalogue, genres, rows, np.array([7, 8, 9]), popular)
+    vectors = evaluate.group_baselines(before, world, "genres", rows, np.array([7, 8, 9]),
+                                       np.random.default_rng(0))  # fmt: skip
+    users, items = vectors["user_genres"]
+    scores = users @ items.T
     assert scores[0] == pytest.approx([0.75 / 2, 0.75 / 2 + 0.25, 0.0], abs=1e-6)
     assert scores[1] == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)  # user 8: all "b"
-    assert scores[2].argsort().tolist() == [1, 2, 0]  # no history: popularity within genre
+    # popularity within genre ("a": 3 interactions, "b": 2): 5 (none) < 4 (a, b) < 3 (a)
+    users, items = vectors["popularity_within_genres"]
+    assert (users @ items.T)[0].argsort().tolist() == [2, 1, 0]
+    assert scores[2].argsort().tolist() == [2, 1, 0]  # no history: popularity within genre
 
 
 def test_untied_ranks_keep_the_order_and_break_ties_at_random():
@@ -235,6 +248,11 @@ def _captured(ds, tmp_path, monkeypatch) -> tuple[store.Profile, Path, dict]:
     return prof, version, seen
 
 
+def with_split(ds, kind: str):
+    """`ds` as if its spec had named a split of `kind` ("given": its split column)."""
+    return dataclasses.replace(ds, schema=dataclasses.replace(ds.schema, split=kind))
+
+
 def _capturing(ds, tmp_path, monkeypatch) -> tuple[store.Profile, dict]:
     """A store of `ds`, and training's loop replaced by a capture of what it is handed."""
     from conftest import copy_repo
@@ -247,7 +265,7 @@ def _capturing(ds, tmp_path, monkeypatch) -> tuple[store.Profile, dict]:
     seen = {}
 
     def capture(user_tower, item_tower, users, item_rows, log_q, catalogue, validation, cfg,
-                times):  # fmt: skip
+                times, progress):  # fmt: skip
         seen.update(users=users, items=item_rows, validation=validation, times=times)
         return {"best_epoch": 1, "val_recall@20": 0.0, "val_ndcg@20": 0.0, "history": []}
 
@@ -260,20 +278,21 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     a row's own item is left out of its activity features and blanked from its recent items; a
     validation user's activity features (count, genre shares, recent items) come from their
     training rows alone; masks count every training item of a row's user as had (no times)."""
-    ds = generate(SyntheticConfig(users=60, items=30, interactions=1_500, groups=3))
+    ds = load(SyntheticConfig(users=60, items=30, interactions=1_500, groups=3), tmp_path / "raw")
     ds.interactions["timestamp"] = pd.Timestamp("2003-03-01", tz="UTC")
     ds.interactions["split"] = ["test" if i % 5 == 0 else "train" for i in range(1_500)]
-    prof, version, seen = _captured(ds, tmp_path, monkeypatch)
+    prof, version, seen = _captured(with_split(ds, "given"), tmp_path, monkeypatch)
     assert artifacts.manifest(version)["split"]["train_features"].startswith("as of test_time")
     assert seen["times"] is None
     _, inverse, per_user = torch.unique(
-        seen["users"]["user_id"], return_inverse=True, return_counts=True
+        seen["users"]["user"], return_inverse=True, return_counts=True
     )
     others = (per_user[inverse] - 1).float()  # each row's user's other training rows
     assert (others == 0).any() and (others > 0).any()
-    assert torch.equal(seen["users"]["numeric"][:, 1], (others > 0).float())  # history: the others
-    assert torch.allclose(seen["users"]["numeric"][:, 0], torch.log1p(others))  # not the row
-    labels = seen["items"] + 1  # catalogue row r holds item r + 1
+    activity = seen["users"]["activity"]
+    assert torch.equal(activity[:, 1], (others > 0).float())  # history: the others
+    assert torch.allclose(activity[:, 0], torch.log1p(others))  # not the row
+    labels = seen["items"] + 1  # catalogue row r is item index r + 1
     assert not (seen["users"]["recent_items"] == labels[:, None]).any()
     val = seen["validation"]
     shown = [set(recent.tolist()) - {0} for recent in val.users["recent_items"]]
@@ -281,17 +300,18 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     for items, answers, known in zip(shown, val.relevant, val.seen, strict=True):
         assert not items & {row + 1 for row in answers - known}  # unless also picked in training
     sp = training.split(
-        pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas(), ds.name,
+        pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas(), "given",
         training.SplitConfig(),
     )  # fmt: skip
-    rows = sp.train[sp.train["user_id"].isin(val.users["user_id"].tolist())]
+    vocab = Vocab.load(version)
+    users = vocab.users.values[val.users["user"].numpy() - 1].tolist()
+    rows = sp.train[sp.train["user_id"].isin(users)]
     genres = rows.merge(ds.items[["item_id", "genres"]], on="item_id").explode("genres")
     shares = pd.crosstab(genres["user_id"], genres["genres"], normalize="index")
-    shares = shares.reindex(columns=list(ds.genres), fill_value=0.0)
-    users = val.users["user_id"].tolist()
+    shares = shares.reindex(columns=vocab.shares["genres"], fill_value=0.0)
     count = rows.groupby("user_id").size().reindex(users, fill_value=0).to_numpy()
-    assert val.users["numeric"][:, 0].numpy() == pytest.approx(np.log1p(count))
-    assert val.users["genre_shares"].numpy() == pytest.approx(
+    assert val.users["activity"][:, 0].numpy() == pytest.approx(np.log1p(count))
+    assert val.users["genres_shares"].numpy() == pytest.approx(
         shares.reindex(users, fill_value=0.0).to_numpy()
     )
 
@@ -300,19 +320,23 @@ def test_timed_rows_pass_their_own_times(tmp_path, monkeypatch):
     """Where rows carry times, training hands each row's own time to the masks, aligned with the
     row's user, item and point-in-time features: the captured (user, item, time) triples are the
     training rows, and a user's history count never falls as their rows' times rise."""
-    ds = generate(SyntheticConfig(users=40, items=30, interactions=800, groups=3, days=20))
-    prof, _, seen = _captured(ds, tmp_path, monkeypatch)
-    users, times = seen["users"]["user_id"], seen["times"]
+    cfg = SyntheticConfig(users=40, items=30, interactions=800, groups=3, days=20)
+    ds = load(cfg, tmp_path / "raw")
+    prof, version, seen = _captured(ds, tmp_path, monkeypatch)
+    vocab = Vocab.load(version)
+    users, times = vocab.users.values[seen["users"]["user"].numpy() - 1], seen["times"]
     assert times is not None and len(times) == len(users) == len(seen["items"])
     sp = training.split(
-        pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas(), ds.name,
+        pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas(), ds.schema.split,
         training.SplitConfig(),
     )  # fmt: skip
     expected = sorted(zip(sp.train["user_id"], sp.train["item_id"],
                           micros(sp.train["event_timestamp"]).tolist(), strict=True))  # fmt: skip
-    got = zip(users.tolist(), (seen["items"] + 1).tolist(), times.tolist(), strict=True)
-    assert sorted(got) == expected  # catalogue row r holds item r + 1
-    frame = pd.DataFrame({"user": users, "time": times, "count": seen["users"]["numeric"][:, 0]})
+    items = vocab.items.values[seen["items"].numpy()]  # catalogue rows back to ids
+    got = zip(users.tolist(), items.tolist(), times.tolist(), strict=True)
+    assert sorted(got) == expected
+    count = seen["users"]["activity"][:, 0]
+    frame = pd.DataFrame({"user": users, "time": times, "count": count})
     rising = frame.sort_values(["user", "time"]).groupby("user")["count"].diff().dropna()
     assert (rising >= 0).all() and (rising > 0).any()
 
@@ -333,8 +357,9 @@ def test_held_out_items_leave_no_trace_in_the_user_features(tmp_path, monkeypatc
     """A cold start's held-out items never happened, as far as the towers see: each training
     row's activity features count the user's earlier rows of the other items only (the store
     holds them all), and the validation users' too; no recent-items list holds one."""
-    ds = generate(SyntheticConfig(users=40, items=30, interactions=1_200, groups=3, days=20))
-    prof, seen = _capturing(dataclasses.replace(ds, name="timeline"), tmp_path, monkeypatch)
+    cfg = SyntheticConfig(users=40, items=30, interactions=1_200, groups=3, days=20)
+    ds = load(cfg, tmp_path / "raw")
+    prof, seen = _capturing(with_split(ds, "temporal"), tmp_path, monkeypatch)
     hidden = frozenset(range(1, 31, 5))
     cfg = TrainConfig(epochs=1, refit=False)
     f = training.fit(prof, cfg, training.SplitConfig(), hidden=hidden)
@@ -348,16 +373,18 @@ def test_held_out_items_leave_no_trace_in_the_user_features(tmp_path, monkeypatc
 
     others = ~inter["item_id"].isin(hidden)
     users, times = seen["users"], pd.to_datetime(seen["times"].numpy(), unit="us", utc=True)
-    pairs = zip(users["user_id"].tolist(), times, strict=True)
-    counts = np.array([earlier(u, t, others) for u, t in pairs])
-    assert users["numeric"][:, 0].numpy() == pytest.approx(np.log1p(counts[:, 0]))
+    ids = f.vocab.users.values[users["user"].numpy() - 1]
+    counts = np.array([earlier(u, t, others) for u, t in zip(ids, times, strict=True)])
+    assert users["activity"][:, 0].numpy() == pytest.approx(np.log1p(counts[:, 0]))
     assert (counts[:, 0] < counts[:, 1]).mean() > 0.3  # the store's counts hold the held-out items
     val = seen["validation"].users
     at = f.split.validation_time
-    val_counts = np.array([earlier(u, at, others)[0] for u in val["user_id"].tolist()])
-    assert val["numeric"][:, 0].numpy() == pytest.approx(np.log1p(val_counts))
+    val_ids = f.vocab.users.values[val["user"].numpy() - 1]
+    val_counts = np.array([earlier(u, at, others)[0] for u in val_ids])
+    assert val["activity"][:, 0].numpy() == pytest.approx(np.log1p(val_counts))
+    hidden_index = torch.from_numpy(f.vocab.items.index(sorted(hidden)))
     for recent in (users["recent_items"], val["recent_items"]):
-        assert not torch.isin(recent, torch.tensor(sorted(hidden))).any()
+        assert not torch.isin(recent, hidden_index).any()
         assert (recent > 0).any()
 
 
@@ -365,17 +392,19 @@ def test_random_split_test_features_hold_no_test_rows(world):
     """A random split is drawn after the store was built, which counts every row: the test users'
     activity features come from the rows before the test alone, so no answer sits among them."""
     repo, root = world
-    prof, manifest = store.profile(repo), artifacts.manifest(artifacts.latest(root))
-    inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
-    sp = training.split(inter, "synthetic", training.SplitConfig(), manifest["train"]["seed"])
-    catalogue = training.catalogue_frame(store.open_store(prof), prof.offline_dir, sp.test_time)
+    prof, version = store.profile(repo), artifacts.latest(root)
+    manifest = artifacts.manifest(version)
+    sp = training.read_split(prof.offline_dir, manifest["split"], manifest["train"]["seed"])
+    meta = json.loads((prof.offline_dir / "dataset.json").read_text())
+    world_ = training.world_of(prof, sp, meta, vocab=Vocab.load(version))
     users = np.sort(sp.test["user_id"].unique())
-    x = evaluate.users_at_test(prof, sp, training.vocab_of(manifest), users, catalogue)
+    x = evaluate.users_at_test(world_, sp, users)
     before = evaluate.before_test(sp).groupby("user_id")["item_id"]
     count = before.size().reindex(users, fill_value=0)
     assert sp.kind == "random"
-    assert x["numeric"][:, 0].numpy() == pytest.approx(np.log1p(count.to_numpy()))
+    inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
+    assert x["activity"][:, 0].numpy() == pytest.approx(np.log1p(count.to_numpy()))
     assert (inter.groupby("user_id").size()[users] > count).all()  # the store's count
-    had = before.apply(set)
+    had = before.apply(lambda s: set(world_.vocab.items.index(s).tolist()))
     for user, recent in zip(users, x["recent_items"].tolist(), strict=True):
         assert set(recent) - {0} <= had.get(user, set())

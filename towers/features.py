@@ -1,7 +1,7 @@
 """The one module that reads features from Feast: point-in-time training frames and online rows.
 
 Everything else names a feature service (`user_tower`, `item_tower`, `two_tower_training`,
-`ranker`) and gets plain frames or dicts back. Labels ride along in the entity frame.
+`ranker`, `recommend`) and gets plain frames or dicts back. Labels ride along in the entity frame.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ def training_frame(store: Any, service: str, entities: pd.DataFrame) -> pd.DataF
 
 
 def online_rows(
-    store: Any, features: str | list[str], key: str, ids: list[int]
+    store: Any, features: str | list[str], key: str, ids: list[int | str]
 ) -> list[dict[str, Any]]:
-    """Online features for each id in `ids`, one dict per id, in order. `features` is a feature
-    service's name or a list of `view:feature` references."""
+    """Online features for each id in `ids` (integers or strings, as the data's), one dict per
+    id, in order. `features` is a feature service's name or a list of `view:feature` refs."""
     refs = feature_service(store, features) if isinstance(features, str) else features
-    response = store.get_online_features(features=refs, entity_rows=[{key: int(i)} for i in ids])
+    rows = [{key: i.item() if isinstance(i, np.generic) else i} for i in ids]
+    response = store.get_online_features(features=refs, entity_rows=rows)
     columns = response.to_dict()
     return [{name: values[i] for name, values in columns.items()} for i in range(len(ids))]

@@ -1,9 +1,10 @@
 """The multimodal item tower: one projection per modality into a shared space, summed, L2-normed.
 
 Modalities: the item id (dropped out in training, so an item never seen still embeds from its
-content), categorical (genres multi-hot, year bucket), text (a pretrained sentence encoder's vector
-where the catalogue has them, else a hashed bag of title and plot words), and an image vector
-(a pretrained network's, per poster). The encoders stay frozen: their vectors are inputs, and a
+content), categorical (every categorical, multi_categorical and numeric item feature, through
+`towers.nn.Fields`), text (a pretrained sentence encoder's vector where the catalogue has them,
+else a hashed bag of the title's and text features' words), and an image vector (a pretrained
+network's, per image). The encoders stay frozen: their vectors are inputs, and a
 learned vector stands in where an item has none.
 """
 
@@ -14,22 +15,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from towers.inputs import TEXT_BUCKETS, YEAR_EDGES
-from towers.nn import Dropout, forget, mlp, unit
+from towers.inputs import TEXT_BUCKETS
+from towers.nn import Dropout, Fields, forget, mean_pool, mlp, unit
 
 MODALITIES = ("id", "categorical", "text", "image")
 
 
 @dataclass(frozen=True)
 class ItemTowerConfig:
-    num_items: int
-    num_genres: int
+    num_items: int  # item indices 1..num_items-1 (0: unknown)
+    fields: tuple[tuple[str, str, int], ...] = ()  # (name, kind, rows): the categorical modality
     dim: int = 64  # output width, the user tower's
     embed: int = 64  # width of the id and text embeddings before projection
+    field_embed: int = 16  # width of each feature's embedding in the categorical modality
     id_dropout: float = 0.2  # share of training rows whose id embedding is replaced by "unknown"
     text_dim: int = 0  # width of the precomputed text vector; 0: hashed words instead
     image_dim: int = 0  # width of the precomputed image vector; 0: no image input
-    modalities: tuple[str, ...] = ("id", "categorical", "text")  # the ablation switch
+    modalities: tuple[str, ...] = ("id",)  # of MODALITIES: what the item has, and the ablation
 
 
 class ItemTower(nn.Module):
@@ -41,18 +43,20 @@ class ItemTower(nn.Module):
         unknown = set(c.modalities) - set(MODALITIES)
         if unknown or (("image" in c.modalities) != (c.image_dim > 0)):
             raise ValueError(f"modalities {c.modalities} do not match image_dim {c.image_dim}")
+        if ("categorical" in c.modalities) != bool(c.fields):
+            raise ValueError(f"modalities {c.modalities} do not match fields {c.fields}")
         self.proj = nn.ModuleDict()
         if "id" in c.modalities:
             self.ids = nn.Embedding(c.num_items, c.embed, padding_idx=0)
             self.proj["id"] = nn.Linear(c.embed, c.dim)
         if "categorical" in c.modalities:
-            self.year = nn.Embedding(len(YEAR_EDGES) + 2, 16)
-            self.proj["categorical"] = mlp([c.num_genres + 16, c.dim, c.dim])
+            self.features = Fields(c.fields, c.field_embed)
+            self.proj["categorical"] = mlp([self.features.width, c.dim, c.dim])
         if "text" in c.modalities and c.text_dim:
             self.missing_text = nn.Parameter(torch.zeros(c.dim))
             self.proj["text"] = _frozen_input(c.text_dim, c.dim)
         elif "text" in c.modalities:
-            self.words = nn.EmbeddingBag(TEXT_BUCKETS, c.embed, mode="mean", padding_idx=0)
+            self.words = nn.Embedding(TEXT_BUCKETS, c.embed, padding_idx=0)
             self.proj["text"] = nn.Linear(c.embed, c.dim)
         if "image" in c.modalities:
             self.missing_image = nn.Parameter(torch.zeros(c.dim))
@@ -79,14 +83,14 @@ class ItemTower(nn.Module):
 
     def _input(self, modality: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
         if modality == "id":
-            ids = x["item_id"]
+            ids = x["item"]
             if self.training and self.config.id_dropout > 0:
                 drop = torch.rand(ids.shape, device=ids.device) < self.config.id_dropout
                 ids = ids.masked_fill(drop, 0)
             return self.ids(ids)
         if modality == "categorical":
-            return torch.cat([x["genres"], self.year(x["year"])], dim=1)
-        return self.words(x["text"])
+            return torch.cat(self.features(x), dim=1)
+        return mean_pool(self.words, x["words"])
 
 
 def _frozen_input(width: int, dim: int) -> nn.Module:

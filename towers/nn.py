@@ -65,6 +65,32 @@ class _MeanPool(torch.autograd.Function):
         return table, None, None
 
 
+class Fields(nn.Module):
+    """One side's features (`towers.inputs.Encoding`), each embedded by its kind, concatenated
+    into (B, width): a categorical its value's row; a multi_categorical and a text the mean of
+    their values' rows; a numeric its bucket's row beside [value standardised, present]."""
+
+    def __init__(self, fields: tuple[tuple[str, str, int], ...], embed: int) -> None:
+        super().__init__()
+        self.fields = fields
+        self.tables = nn.ModuleDict(
+            {name: nn.Embedding(rows, embed, padding_idx=0) for name, _, rows in fields}
+        )
+        self.width = sum(embed + 2 * (kind == "numeric") for _, kind, _ in fields)
+
+    def forward(self, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        parts = []
+        for name, kind, _ in self.fields:
+            table = self.tables[name]
+            if kind == "numeric":
+                parts += [table(x[f"{name}:bucket"]), x[name]]
+            elif kind == "categorical":
+                parts.append(table(x[name]))
+            else:
+                parts.append(mean_pool(table, x[name]))
+        return parts
+
+
 def mean_pool(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """The mean of `table`'s rows for each row of `ids` (B, L), padding (id 0) left out: (B, d);
     a row of padding alone pools to zeros."""
@@ -112,7 +138,7 @@ def load(cls: Any, folder: Path, name: str) -> Any:
     saved = json.loads((folder / f"{name}.json").read_text())
     if saved["class"] != cls.__name__:
         raise ValueError(f"{folder / name}: a {saved['class']}, not a {cls.__name__}")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
+    fields = {k: _tuples(v) for k, v in saved["config"].items()}
     model = cls(cls.Config(**fields))
     weights = load_file(folder / f"{name}.safetensors")
     stored = {k: v.shape for k, v in weights.items()}
@@ -124,6 +150,11 @@ def load(cls: Any, folder: Path, name: str) -> Any:
         )
     model.load_state_dict(weights, strict=True)
     return model.eval()
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back into the tuples a frozen config holds, nested ones too."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@ over the ids and both sides' features, joined by one linear layer into a logit, 
 stage's score (the two towers' dot product) beside them in that layer.
 
 The user side takes the same inputs as the user tower (`towers.inputs.user_inputs`); the item side
-the item tower's categorical inputs plus the item's popularity (`popularity_inputs`).
+the item tower's categorical inputs plus the item's popularity (`popularity_inputs`); and for
+each activity share, how much of the user's history falls on the item's values (their affinity).
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-from towers.inputs import AGE_EDGES, HASH_BUCKETS, YEAR_EDGES, scalar
-from towers.nn import Dropout, known
+from towers.inputs import scalar
+from towers.nn import Dropout, Fields, known
 
 Inputs = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class RankerConfig:
-    num_users: int
+    num_users: int  # user indices 1..num_users-1 (0: unknown)
     num_items: int
-    num_genres: int
+    user_fields: tuple[tuple[str, str, int], ...] = ()  # (name, kind, rows), as the towers'
+    item_fields: tuple[tuple[str, str, int], ...] = ()
+    shares: tuple[tuple[str, int], ...] = ()  # (item feature, width) of the activity shares
     gmf: int = 32  # width of the GMF branch's id embeddings
     embed: int = 32  # width of the MLP branch's id embeddings
     side: int = 16  # width of each categorical side-feature embedding
@@ -33,14 +36,14 @@ class RankerConfig:
     retrieval_scale: float = 20.0  # the towers' 1 / temperature: the initial logit's weight
 
 
-def popularity_inputs(frame: pd.DataFrame) -> torch.Tensor:
-    """(B, 4): log counts (all time, trailing 30 days), centred mean rating, rating present."""
+def popularity_inputs(frame: pd.DataFrame, rating: tuple[float, float]) -> torch.Tensor:
+    """(B, 4): log counts (all time, trailing 30 days), mean rating standardised by the training
+    ratings' `rating` (mean, std), rating present."""
     count, _ = scalar(frame["item_count"])
     recent, _ = scalar(frame["item_count_30d"])
-    rating, has_rating = scalar(frame["item_mean_rating"])
-    return torch.stack(
-        [torch.log1p(count), torch.log1p(recent), (rating - 3.0) * has_rating, has_rating], dim=1
-    )
+    value, has_rating = scalar(frame["item_mean_rating"])
+    z = (value - rating[0]) / rating[1] * has_rating
+    return torch.stack([torch.log1p(count), torch.log1p(recent), z, has_rating], dim=1)
 
 
 class Ranker(nn.Module):
@@ -53,12 +56,11 @@ class Ranker(nn.Module):
         self.gmf_item = nn.Embedding(c.num_items, c.gmf, sparse=True)
         self.mlp_user = nn.Embedding(c.num_users, c.embed, sparse=True)
         self.mlp_item = nn.Embedding(c.num_items, c.embed, sparse=True)
-        self.age = nn.Embedding(len(AGE_EDGES) + 2, c.side)
-        self.categorical = nn.ModuleDict(
-            {k: nn.Embedding(HASH_BUCKETS, c.side) for k in ("gender", "occupation", "zip")}
-        )
-        self.year = nn.Embedding(len(YEAR_EDGES) + 2, c.side)
-        width = 2 * c.embed + 5 * c.side + 4 + 4 + 2 * c.num_genres + 1
+        self.user_features = Fields(c.user_fields, c.side)
+        self.item_features = Fields(c.item_fields, c.side)
+        shares = sum(w for _, w in c.shares)
+        width = 2 * c.embed + self.user_features.width + self.item_features.width + 4 + 4
+        width += 2 * shares + len(c.shares)
         layers: list[nn.Module] = []
         for d_in, d_out in zip((width, *c.hidden[:-1]), c.hidden, strict=True):
             layers += [nn.Linear(d_in, d_out), nn.ReLU(), Dropout(c.dropout)]
@@ -74,17 +76,21 @@ class Ranker(nn.Module):
     def forward(self, user: Inputs, item: Inputs, retrieval: torch.Tensor) -> torch.Tensor:
         """Logits (B,) for row i of `user` with row i of `item`, whose retrieval score is
         `retrieval[i]`."""
-        u, i = known(user["user_id"], self.config.num_users), item["item_id"]
+        u, i = (
+            known(user["user"], self.config.num_users),
+            known(item["item"], self.config.num_items),
+        )
         gmf = self.gmf_user(u) * self.gmf_item(i)
-        affinity = (user["genre_shares"] * item["genres"]).sum(dim=1, keepdim=True)
-        side = [self.age(user["age"])] + [emb(user[k]) for k, emb in self.categorical.items()]
-        parts = [self.mlp_user(u), self.mlp_item(i), *side, self.year(item["year"])]
-        parts += [user["numeric"], item["popularity"], user["genre_shares"], item["genres"]]
-        mlp = self.mlp(torch.cat([*parts, affinity], dim=1))
+        parts = [self.mlp_user(u), self.mlp_item(i), *self.user_features(user)]
+        parts += [*self.item_features(item), user["activity"], item["popularity"]]
+        for name, _ in self.config.shares:
+            mine, its = user[f"{name}_shares"], item[f"{name}:share"]
+            parts += [mine, its, (mine * its).sum(dim=1, keepdim=True)]  # with their affinity
+        mlp = self.mlp(torch.cat(parts, dim=1))
         return self.out(torch.cat([gmf, mlp, retrieval[:, None]], dim=1)).squeeze(1)
 
     def score(self, user: Inputs, items: Inputs, retrieval: torch.Tensor) -> torch.Tensor:
         """Logits (C,) of one user (a batch of one row) against every row of `items`."""
-        n = len(items["item_id"])
+        n = len(items["item"])
         user = {k: v.expand(n, *v.shape[1:]) for k, v in user.items() if k != "recent_items"}
         return self(user, items, retrieval)

@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from towers import metrics
 from towers.item_tower import ItemTower
 from towers.losses import sampled_softmax_loss
+from towers.progress import Progress, Step, report, say
 from towers.user_tower import UserTower, UserTowerConfig
 
 Inputs = dict[str, torch.Tensor]
@@ -68,24 +68,10 @@ class Validation:
     seen: list[set[int]]  # catalogue row indices each user interacted with in training
 
 
-def top_rows(users: torch.Tensor, items: torch.Tensor, seen: list[set[int]], k: int,
-             chunk: int = 512) -> list[list[int]]:  # fmt: skip
-    """Each user's k best-scoring catalogue rows, rows in `seen` excluded; scored `chunk` users at
-    a time (a million-item catalogue stays within memory)."""
-    top: list[list[int]] = []
-    for start in range(0, len(users), chunk):
-        scores = users[start : start + chunk] @ items.T  # (chunk, I)
-        for row, done in enumerate(seen[start : start + chunk]):
-            if done:
-                scores[row, list(done)] = float("-inf")
-        top += scores.topk(min(k, items.shape[0]), dim=1).indices.tolist()
-    return top
-
-
 def validate(users: torch.Tensor, items: torch.Tensor, validation: Validation,
              k: int) -> dict[str, float]:  # fmt: skip
     """Recall@k and NDCG@k of the embedded validation users over the embedded catalogue."""
-    top = top_rows(users, items, validation.seen, k)
+    top = metrics.top_k(users, items, validation.seen, k)
     return {"recall": metrics.recall_at_k(top, validation.relevant, k),
             "ndcg": metrics.ndcg_at_k(top, validation.relevant, k)}  # fmt: skip
 
@@ -171,6 +157,7 @@ def train(
     validation: Validation | None,
     cfg: TrainConfig,
     times: torch.Tensor | None = None,
+    progress: Progress | None = None,
 ) -> dict:
     """Fit both towers on positive pairs (row i of `users`, row `item_rows[i]` of `catalogue`);
     `item_log_q[r]` is the log sampling probability of catalogue row r. With a `validation` set,
@@ -183,8 +170,8 @@ def train(
     params = list(user_tower.parameters()) + list(item_tower.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     n, n_items = len(item_rows), len(item_log_q)
-    weights = user_weights(users["user_id"], cfg.user_weight)
-    positives = Positives(users["user_id"], item_rows, n_items, times) if cfg.mask_seen else None
+    weights = user_weights(users["user"], cfg.user_weight)
+    positives = Positives(users["user"], item_rows, n_items, times) if cfg.mask_seen else None
     best = {"recall": -1.0, "epoch": -1, "state": None}
     history = []
     for epoch in range(cfg.epochs):
@@ -192,10 +179,8 @@ def train(
         item_tower.train()
         order = torch.randperm(n, generator=generator)
         began, total = time.perf_counter(), 0.0
-        bar = tqdm(
-            range(0, n, cfg.batch_size), desc=f"epoch {epoch + 1}", unit=" batches", leave=False
-        )
-        for start in bar:
+        task, batches = f"epoch {epoch + 1}/{cfg.epochs}", -(-n // cfg.batch_size)
+        for batch, start in enumerate(range(0, n, cfg.batch_size)):
             rows = order[start : start + cfg.batch_size]
             cand = item_rows[rows]
             if cfg.extra_negatives:
@@ -217,18 +202,19 @@ def train(
             loss.backward()
             optimizer.step()
             total += loss.item() * len(rows)
+            report(progress, Step(task, batch + 1, batches, "batches"))
         seconds = time.perf_counter() - began
         step = {"epoch": epoch + 1, "loss": total / n, "examples_per_s": n / seconds}
         if validation is None:
             history.append(step)
-            print(f"epoch {epoch + 1}: loss {total / n:.4f}, {n / seconds:,.0f} examples/s")
+            say(progress, f"{task}: loss {total / n:.4f}, {n / seconds:,.0f} examples/s")
             continue
         scores = validate(
             embed(user_tower, validation.users), embed(item_tower, catalogue), validation, cfg.k
         )
         history.append({**step, **scores})
-        print(f"epoch {epoch + 1}: loss {total / n:.4f}, val recall@{cfg.k} {scores['recall']:.4f}"
-              f" NDCG@{cfg.k} {scores['ndcg']:.4f}, {n / seconds:,.0f} examples/s")  # fmt: skip
+        figures = f"recall@{cfg.k} {scores['recall']:.4f} NDCG@{cfg.k} {scores['ndcg']:.4f}"
+        say(progress, f"{task}: loss {total / n:.4f}, val {figures}, {n / seconds:,.0f} ex/s")
         if scores["recall"] > best["recall"]:
             state = (copy.deepcopy(user_tower.state_dict()), copy.deepcopy(item_tower.state_dict()))
             best = {**scores, "epoch": epoch + 1, "state": state}

@@ -1,4 +1,5 @@
-"""The user tower: an MLP over the `user_tower` feature service, L2-normalised output."""
+"""The user tower: an MLP over the `user_tower` feature service (the user's own features, their
+activity and shares, their recent items pooled), L2-normalised output."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from towers.inputs import AGE_EDGES, HASH_BUCKETS
-from towers.nn import forget, known, mean_pool, mlp, unit
+from towers.nn import Fields, forget, known, mean_pool, mlp, unit
 
 
 @dataclass(frozen=True)
 class UserTowerConfig:
-    num_items: int  # item id vocabulary (ids 1..num_items-1; 0 pads the recent-items list)
-    num_genres: int
+    num_items: int  # item indices 1..num_items-1 (0 pads the recent-items list)
+    fields: tuple[tuple[str, str, int], ...] = ()  # (name, kind, rows) of the user's features
+    shares: tuple[tuple[str, int], ...] = ()  # (item feature, width) of the activity shares
     dim: int = 64  # output width, shared with the item tower (validation recall@20 / NDCG@20:
     # ml-100k 0.1120 / 0.2787 at 64, 0.1034 / 0.2638 at 128; ml-1m, 30 epochs, 0.2357 / 0.1914
     # at 64, 0.2379 / 0.1940 at 128: the larger dataset takes the wider towers)
@@ -24,7 +25,7 @@ class UserTowerConfig:
     history_sample: int = 64  # recent items each training row pools, drawn at random; 0: all
     history_dropout: float = 0.3  # share of recent items hidden from each training row
     dropout: float = 0.1
-    num_users: int = 0  # user id vocabulary; 0: no id input
+    num_users: int = 0  # user indices 1..num_users-1 for an id input; 0: none
     id_dropout: float = 0.2  # share of training rows whose id is replaced by "unknown"
 
 
@@ -34,22 +35,20 @@ class UserTower(nn.Module):
     def __init__(self, config: UserTowerConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.age = nn.Embedding(len(AGE_EDGES) + 2, c.embed)
-        self.categorical = nn.ModuleDict(
-            {k: nn.Embedding(HASH_BUCKETS, c.embed) for k in ("gender", "occupation", "zip")}
-        )
+        self.features = Fields(c.fields, c.embed)
         self.recent = nn.Embedding(c.num_items, c.item_embed, padding_idx=0)
-        width = 4 * c.embed + 4 + c.num_genres + c.item_embed
+        width = self.features.width + 4 + sum(w for _, w in c.shares) + c.item_embed
         if c.num_users:
             self.ids = nn.Embedding(c.num_users, c.item_embed, padding_idx=0)
             width += c.item_embed
         self.mlp = mlp([width, c.hidden, c.hidden, c.dim], c.dropout)
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        parts = [self.age(x["age"])] + [emb(x[k]) for k, emb in self.categorical.items()]
-        parts += [x["numeric"], x["genre_shares"], self._pooled(x["recent_items"])]
+        parts = [*self.features(x), x["activity"]]
+        parts += [x[f"{name}_shares"] for name, _ in self.config.shares]
+        parts.append(self._pooled(x["recent_items"]))
         if self.config.num_users:
-            ids = known(x["user_id"], self.config.num_users)
+            ids = known(x["user"], self.config.num_users)
             if self.training and self.config.id_dropout > 0:
                 ids = ids.masked_fill(torch.rand(ids.shape) < self.config.id_dropout, 0)
             parts.append(self.ids(ids))
