@@ -1,25 +1,24 @@
-"""`ttr serve`: the FastAPI app over `retrieval.pipeline.Pipeline`.
+"""`ttr serve`: the HTTP API, thin over `retrieval.serving.Service`.
 
-Artifacts load in the app's lifespan; every request's CPU work runs on a dedicated pipeline
-thread, so the event loop only moves bytes. Errors in input are 422 with a message naming the
-field; a failing online store degrades to popular items; nothing answers 500 for a known failure
-mode.
+Settings come from the environment (`Settings`); the service loads in the app's lifespan. Every
+route declares its responses: bad input is a 422 naming the field, an unknown item a 404, a full
+queue a 503 with Retry-After; a failing online store degrades to popular items; nothing answers
+500 for a known failure mode. Every answer names the bundle it came from.
 """
-
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI reads the routes' annotations at definition,
+# and a dependency defined inside `create_app` is only in scope there
 
 import asyncio
-import os
+import hmac
+import logging
+import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Literal
 
-import faiss
-import torch
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -30,14 +29,85 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retrieval import store
-from retrieval.pipeline import STAGES, Pipeline, PipelineConfig
+from retrieval.catalogue import INT64, read_meta
+from retrieval.pipeline import STAGES, Pipeline, RequestError
+from retrieval.serving import Overloaded, ServeConfig, Service
 
-T = TypeVar("T")
-
+log = logging.getLogger("ttr.api")
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Settings(BaseSettings):
+    """What `ttr serve` hands each worker, as TTR_* environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="TTR_")
+    repo: Path
+    artifacts: Path
+    online_store: str | None = None  # redis://HOST:PORT[/DB]; None: the repository's SQLite
+    threads: int = ServeConfig.threads
+    queue: int = ServeConfig.queue
+    deadline: float = ServeConfig.deadline
+    admin_token: str | None = None  # unset: no /admin routes
+    store_timeout: float = store.SERVING_TIMEOUT  # seconds to connect to and read the store
+
+    def service(self) -> Service:
+        prof = store.profile(self.repo, self.online_store, timeout=self.store_timeout)
+        cfg = ServeConfig(threads=self.threads, queue=self.queue, deadline=self.deadline)
+        return Service(prof, self.artifacts, cfg)
+
+
+class Item(BaseModel):
+    item_id: int | str = Field(description="the item's id, as the data has it")
+    title: str = Field(description="its title (its id where the dataset has no titles)")
+    score: float = Field(description="what the answer is ordered by, highest first")
+    retrieval_score: float | None = Field(
+        description="the towers' cosine similarity of the user (or item) and this item, -1 to 1;"
+        " null for popular items"
+    )
+
+
+class Versions(BaseModel):
+    model_version: str = Field(description="the towers' version (one `ttr train`)")
+    index_version: str = Field(description="that version's FAISS index")
+    ranker_version: str | None = Field(description="its re-ranker; null: none, retrieval order")
+
+
+class Recommended(Versions):
+    user_id: int | str
+    items: list[Item]
+    source: Literal["personalized", "popular"] = Field(
+        description="personalized; or popular, for a user the store does not know, or while the"
+        " online store does not answer"
+    )
+
+
+class Similar(Versions):
+    item_id: int | str
+    items: list[Item]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "not ready"]
+    online_store: str = Field(description="where the user features are read")
+
+
+class Reloaded(BaseModel):
+    reloaded: bool = Field(description="whether a new bundle now serves")
+    reason: str
+    serving: Versions | None
+
+
+class Error(BaseModel):
+    detail: str
 
 
 class Metrics:
@@ -53,6 +123,8 @@ class Metrics:
                                ["stage"], buckets=BUCKETS, registry=self.registry)  # fmt: skip
         self.source = Counter("ttr_recommendations", "Recommendations by source", ["source"],
                               registry=self.registry)  # fmt: skip
+        self.reloads = Counter("ttr_reloads", "Bundle reloads by outcome", ["outcome"],
+                               registry=self.registry)  # fmt: skip
 
 
 class Counting:
@@ -79,102 +151,147 @@ class Counting:
         self.metrics.latency.labels(name).observe(time.perf_counter() - began)
 
 
-def _parsed(parse: Callable[[str], T], text: str, field: str) -> T:
-    """An id parsed as the dataset's ids are; a 422 naming the field where it cannot be one."""
-    try:
-        return parse(text)
-    except ValueError as err:
-        raise RequestValidationError(
-            [{"loc": ("path", field), "msg": str(err), "type": "value_error", "input": text}]
-        ) from None
-
-
-def _one_thread_each() -> None:
-    """A pipeline thread's FAISS and torch run single-threaded: one query's work is too small
-    for a thread team, and OpenMP settings are per thread."""
-    faiss.omp_set_num_threads(1)
-    torch.set_num_threads(1)
-
-
 def from_environment() -> FastAPI:
     """The app `ttr serve` starts in each uvicorn worker, configured through the environment."""
-    prof = store.profile(Path(os.environ["TTR_REPO"]), os.environ.get("TTR_ONLINE_STORE"))
-    threads = int(os.environ.get("TTR_THREADS", "1"))
-    return create_app(prof, Path(os.environ["TTR_ARTIFACTS"]), threads=threads)
+    settings = Settings()
+    return create_app(settings.service(), settings.admin_token)
 
 
-def create_app(
-    prof: store.Profile, root: Path, cfg: PipelineConfig | None = None, threads: int = 1
-) -> FastAPI:
-    """The app; the pipeline's CPU work runs on `threads` dedicated threads (the same ones every
-    request: a thread pool that hands requests around costs a third more per request)."""
+def id_parameter(kind: str, entity: str) -> object:
+    """The path parameter of an id as the dataset has them, so that the OpenAPI document says
+    what is valid and FastAPI answers 422 for the rest: an int64, or a non-empty string."""
+    text = f"the {entity}'s id, as the data has it"
+    if kind == "int64":
+        return Annotated[int, PathParam(ge=INT64[0], le=INT64[1], description=text)]
+    return Annotated[str, PathParam(min_length=1, max_length=512, pattern=r"^\S(.*\S)?$",
+                                    description=text)]  # fmt: skip
+
+
+def _invalid(field: str, text: str, err: Exception) -> RequestValidationError:
+    return RequestValidationError(
+        [{"loc": ("path", field), "msg": str(err), "type": "value_error", "input": text}]
+    )
+
+
+def _versions(pipeline: Pipeline) -> dict:
+    return {"model_version": pipeline.model_version, "index_version": pipeline.index_version,
+            "ranker_version": pipeline.ranker_version}  # fmt: skip
+
+
+OVERLOADED = {503: {"model": Error, "description": "the queue is full: retry after a second"}}
+NOT_FOUND = {404: {"model": Error, "description": "no such item in the catalogue"}}
+
+
+def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
+    """The app over `service`; `/admin/reload` exists only with an `admin_token`."""
     metrics = Metrics()
-    state: dict = {}
-
-    async def work(fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(state["executor"], fn, *args)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state["executor"] = ThreadPoolExecutor(
-            threads, thread_name_prefix="pipeline", initializer=_one_thread_each
-        )
-        state["pipeline"] = await work(Pipeline, prof, root, cfg)
+        await service.start()
+        loop = asyncio.get_running_loop()
+        with suppress(NotImplementedError, RuntimeError, ValueError):  # no signals off main
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(
+                reload_and_count("SIGHUP")))  # fmt: skip
+        follower = asyncio.ensure_future(service.follow())
         yield
-        state.pop("pipeline")
-        state.pop("executor").shutdown(wait=False)
+        follower.cancel()
+        await service.stop()
+
+    async def reload_and_count(why: str) -> Reloaded:
+        done = await service.reload(why)
+        metrics.reloads.labels("swapped" if done.reloaded else "kept").inc()
+        serving = (
+            dict(zip(Versions.model_fields, done.serving, strict=True)) if done.serving else None
+        )
+        return Reloaded(reloaded=done.reloaded, reason=done.reason, serving=serving)
 
     app = FastAPI(title="two-tower retrieval", lifespan=lifespan)
     app.add_middleware(Counting, metrics=metrics)
 
-    @app.get("/recommend/{user_id}")
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, err: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": f"overloaded: {err}"}, status_code=503,
+                            headers={"Retry-After": "1"})  # fmt: skip
+
+    def serving() -> Pipeline:
+        """The pipeline serving now: a request keeps it to the end, whatever swaps meanwhile."""
+        if service.pipeline is None:
+            raise HTTPException(503, "not ready")
+        return service.pipeline
+
+    Serving = Annotated[Pipeline, Depends(serving)]
+    kinds = read_meta(service.prof.offline_dir)["schema"]
+    UserId, ItemId = id_parameter(kinds["user_id"], "user"), id_parameter(kinds["item_id"], "item")
+
+    @app.get("/recommend/{user_id}", response_model=Recommended, responses=OVERLOADED)
     async def recommend(
-        user_id: str = PathParam(description="the user's id (an integer or a string, as the data)"),
+        pipeline: Serving,
+        user_id: UserId,
         k: int = Query(10, ge=1, le=1000, description="how many items"),
         exclude_seen: bool = Query(True, description="drop items the user has interacted with"),
-    ) -> JSONResponse:
-        pipeline = state["pipeline"]
-        user = _parsed(pipeline.parse_user, user_id, "user_id")
-        rec = await work(pipeline.recommend, user, k, exclude_seen)
+    ) -> dict:
+        try:
+            rec = await service.recommend(pipeline, user_id, k, exclude_seen)
+        except RequestError as err:
+            raise _invalid("user_id", user_id, err) from None
         for stage in STAGES:
             if stage in rec.seconds:
                 metrics.stage.labels(stage).observe(rec.seconds[stage])
         metrics.source.labels(rec.source).inc()
-        return JSONResponse({"user_id": user, "items": rec.items, "source": rec.source,
-                             "model_version": pipeline.model_version,
-                             "index_version": pipeline.index_version})  # fmt: skip
+        return {"user_id": user_id, "items": rec.items, "source": rec.source,
+                **_versions(pipeline)}  # fmt: skip
 
-    @app.get("/similar/{item_id}")
+    @app.get("/similar/{item_id}", response_model=Similar, responses={**NOT_FOUND, **OVERLOADED})
     async def similar(
-        item_id: str = PathParam(description="the item's id (an integer or a string, as the data)"),
+        pipeline: Serving,
+        item_id: ItemId,
         k: int = Query(10, ge=1, le=1000, description="how many items"),
     ) -> dict:
-        pipeline = state["pipeline"]
-        item = _parsed(pipeline.parse_item, item_id, "item_id")
         try:
-            items = await work(pipeline.similar, item, k)
+            items = await service.run(pipeline.similar, item_id, k)
         except KeyError:
-            raise HTTPException(404, f"item {item!r} is not in the catalogue") from None
-        return {"item_id": item, "items": items, "model_version": pipeline.model_version}
+            raise HTTPException(404, f"item {item_id!r} is not in the catalogue") from None
+        return {"item_id": item_id, "items": items, **_versions(pipeline)}
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
-    async def readyz() -> PlainTextResponse:
-        pipeline = state.get("pipeline")
-        ok = pipeline is not None and await work(pipeline.ready)
-        return PlainTextResponse("ready" if ok else "not ready", status_code=200 if ok else 503)
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}})
+    async def readyz() -> JSONResponse:
+        pipeline = service.pipeline
+        ok = pipeline is not None and pipeline.ready()
+        body = {"status": "ready" if ok else "not ready",
+                "online_store": store.describe(service.prof)}  # fmt: skip
+        return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/version")
-    async def version() -> dict:
-        pipeline = state["pipeline"]
-        return {"model_version": pipeline.model_version, "index_version": pipeline.index_version,
-                "ranker_version": pipeline.ranker_version}  # fmt: skip
+    @app.get("/version", response_model=Versions)
+    async def version(pipeline: Serving) -> dict:
+        return _versions(pipeline)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition"}})  # fmt: skip
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    if admin_token:
+
+        def authorised(authorization: str | None = Header(None)) -> None:
+            if not authorization or not authorization.startswith("Bearer "):
+                raise HTTPException(401, "an Authorization: Bearer token is required",
+                                    headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            if not hmac.compare_digest(authorization[7:].encode(), admin_token.encode()):
+                raise HTTPException(403, "wrong token")
+
+        errors = {401: {"model": Error}, 403: {"model": Error}}
+
+        @app.post("/admin/reload", response_model=Reloaded, responses=errors,
+                  dependencies=[Depends(authorised)])  # fmt: skip
+        async def reload() -> Reloaded:
+            """Load the newest complete bundle beside the serving one, check it, swap it in; a
+            failure leaves the old one serving, and `reason` says why."""
+            return await reload_and_count("POST /admin/reload")
 
     return app

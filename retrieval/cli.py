@@ -25,6 +25,7 @@ from retrieval.index import IndexConfig
 from retrieval.offline import FeatureConfig
 from retrieval.ranking import RankerTrainConfig
 from retrieval.reader import Dataset
+from retrieval.serving import ServeConfig
 from retrieval.synthetic import SyntheticConfig
 from retrieval.training import SplitConfig
 from towers.progress import Step
@@ -41,6 +42,15 @@ def default_repo() -> Path:
         return Path(env)
     local = Path("feature_repo")
     return local if (local / "feature_store.yaml").is_file() else CHECKOUT_REPO
+
+
+def artifacts_root(args: argparse.Namespace) -> Path:
+    """--artifacts, else $TTR_ARTIFACTS, else `artifacts/` beside the feature repository (this
+    checkout's `artifacts/` for its own repository), whatever the working directory."""
+    chosen = args.artifacts or os.environ.get("TTR_ARTIFACTS")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    return Path(args.repo).expanduser().resolve().parent / "artifacts"
 
 
 class Bars:
@@ -194,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     prof = store.profile(args.repo, args.online_store)
     cfg, split_cfg = _config_from(TrainConfig, args), _config_from(SplitConfig, args)
     with bars() as progress:
-        version = training.run(prof, Path(args.artifacts), cfg, split_cfg, progress)
+        version = training.run(prof, artifacts_root(args), cfg, split_cfg, progress)
     manifest = artifacts.manifest(version)
     metrics, k = manifest["metrics"], cfg.k
     text = "pretrained text" if manifest["content"].get("text", {}).get("items") else "hashed words"
@@ -208,7 +218,7 @@ def cmd_index(args: argparse.Namespace) -> None:
     from retrieval import indexing
 
     prof = store.profile(args.repo, args.online_store)
-    info = indexing.run(prof, Path(args.artifacts), _config_from(IndexConfig, args))
+    info = indexing.run(prof, artifacts_root(args), _config_from(IndexConfig, args))
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
     print(
         f"indexed {info['count']:,} items x {info['dimension']} in {info['factory']} ({params}); "
@@ -221,7 +231,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from retrieval.plots import recall_curves
 
     prof = store.profile(args.repo, args.online_store)
-    root = Path(args.artifacts)
+    root = artifacts_root(args)
     draws = {} if args.cold_draws is None else {"cold_draws": args.cold_draws}
     cfg = evaluate.EvalConfig(retrain=not args.no_retrain, ablation=not args.no_ablation, **draws)
     with bars() as progress:
@@ -240,7 +250,7 @@ def cmd_train_ranker(args: argparse.Namespace) -> None:
     prof = store.profile(args.repo, args.online_store)
     with bars() as progress:
         cfg = _config_from(RankerTrainConfig, args)
-        version = ranking.run(prof, Path(args.artifacts), cfg, progress)
+        version = ranking.run(prof, artifacts_root(args), cfg, progress)
     metrics = artifacts.manifest(version)["metrics"]
     print(f"trained ranker: best epoch {metrics['best_epoch']}, validation HR@10 "
           f"{metrics['val_hr@10']:.4f} -> {version} (now latest)")  # fmt: skip
@@ -250,7 +260,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     from retrieval.pipeline import Pipeline
 
     _check_k(args.k)
-    pipeline = Pipeline(store.profile(args.repo, args.online_store), Path(args.artifacts))
+    pipeline = Pipeline.open(store.profile(args.repo, args.online_store), artifacts_root(args))
     user = _id(pipeline.parse_user, args.user_id)
     rec = pipeline.recommend(user, args.k, exclude_seen=not args.include_seen)
     print(f"user {user}: {rec.source}, model {pipeline.model_version}")
@@ -274,9 +284,9 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
     _check_k(args.k)
     prof = store.profile(args.repo, args.online_store)
-    pipeline = Pipeline(prof, Path(args.artifacts))
+    pipeline = Pipeline.open(prof, artifacts_root(args))
     user = _id(pipeline.parse_user, args.user_id)
-    out = Path(args.out or Path(args.artifacts) / f"explain_{user}.png")
+    out = Path(args.out or artifacts_root(args) / f"explain_{user}.png")
     shown = explain(pipeline, prof.offline_dir, user, out, args.k)
     print(f"user {user}: {len(shown['history'])} recent items, "
           f"{len(shown['recommended'])} recommended ({shown['source']}) -> {out}")  # fmt: skip
@@ -285,21 +295,30 @@ def cmd_explain(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    os.environ["TTR_REPO"] = str(Path(args.repo).resolve())
-    os.environ["TTR_ARTIFACTS"] = str(Path(args.artifacts).resolve())
-    os.environ["TTR_THREADS"] = str(args.threads)
+    settings = {
+        "REPO": str(Path(args.repo).resolve()),
+        "ARTIFACTS": str(artifacts_root(args)),
+        "THREADS": args.threads,
+        "QUEUE": args.queue,
+        "DEADLINE": args.deadline,
+    }
     if args.online_store:
-        os.environ["TTR_ONLINE_STORE"] = args.online_store
-    print(f"serving {args.artifacts} on http://{args.host}:{args.port} ({args.workers} workers, "
-          f"{args.threads} pipeline thread{'s' if args.threads > 1 else ''} each)")  # fmt: skip
+        settings["ONLINE_STORE"] = args.online_store
+    os.environ.update({f"TTR_{k}": str(v) for k, v in settings.items()})
+    prof = store.profile(args.repo, args.online_store)
+    admin = "on (TTR_ADMIN_TOKEN)" if os.environ.get("TTR_ADMIN_TOKEN") else "off"
+    print(f"serving {settings['ARTIFACTS']} on http://{args.host}:{args.port} from "
+          f"{store.describe(prof)} ({args.workers} worker{'s' * (args.workers > 1)}, "
+          f"{args.threads} pipeline thread{'s' * (args.threads > 1)} each; /admin/reload "
+          f"{admin})")  # fmt: skip
     uvicorn.run("retrieval.api:from_environment", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="warning")  # fmt: skip
+                workers=args.workers, log_level="info", access_log=True)  # fmt: skip
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
     """The whole path on the embedded default: data, features, towers, index, ranker, metrics,
     one user's recommendations, and the command that serves them."""
-    art = ["--artifacts", args.artifacts]
+    art = ["--artifacts", str(artifacts_root(args))]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     source = ["--spec", args.spec] if args.spec else ["--dataset", args.dataset]
     steps = [
@@ -316,7 +335,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     for step in steps:
         print(f"$ ttr {' '.join(step)}")
         _dispatch(build_parser().parse_args([*step, "--repo", str(args.repo)]))
-    print(f"\nserve it: ttr serve --repo {args.repo} --artifacts {args.artifacts} --port 8000\n"
+    print(f"\nserve it: ttr serve --repo {args.repo} --artifacts {artifacts_root(args)} "
+          "--port 8000\n"
           f"then:     curl 'http://127.0.0.1:8000/recommend/{args.user}?k=10'")  # fmt: skip
 
 
@@ -352,8 +372,9 @@ def _boolean(text: str) -> bool:
 
 def _artifacts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--artifacts", default="artifacts", help="artifact root (default: artifacts/)"
-    )
+        "--artifacts", default=None, metavar="DIR",
+        help="the artifact root (default: $TTR_ARTIFACTS, else artifacts/ beside the repository)",
+    )  # fmt: skip
 
 
 def _common(parser: argparse.ArgumentParser, online: bool = True) -> None:
@@ -468,11 +489,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_explain)
     p = sub.add_parser("serve", help="the recommendation API (FastAPI under uvicorn)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on")
+    p.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
     p.add_argument(
-        "--threads", type=int, default=1, help="pipeline threads per process (more: a slow store)"
+        "--threads",
+        type=int,
+        default=ServeConfig.threads,
+        help="pipeline threads per process (more only for a slow remote store)",
+    )
+    p.add_argument(
+        "--queue",
+        type=int,
+        default=ServeConfig.queue,
+        help="requests a process lets wait; past them, 503 with Retry-After",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=ServeConfig.deadline,
+        help="seconds a recommendation may take; past them, popular items",
     )
     _artifacts(p)
     _common(p)

@@ -18,6 +18,7 @@ import scipy.sparse as sp_sparse
 import torch
 
 from retrieval import artifacts, index, store
+from retrieval.bundle import BundleError, load_ranker
 from retrieval.catalogue import read_meta
 from retrieval.errors import TTRError
 from retrieval.offline import activity_from
@@ -36,7 +37,6 @@ from retrieval.training import (
     world_of,
 )
 from towers import metrics
-from towers import nn as tnn
 from towers.inputs import Vocab, share_hot, user_inputs
 from towers.progress import Progress, say
 from towers.ranker import Ranker
@@ -196,7 +196,7 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig, progress: Progress | N
     """Every model on the latest version's test split and, with `cfg.retrain`, the two-tower
     retrained on each subset of item-tower inputs and with items held out for a cold start;
     the JSON `ttr evaluate --json` writes."""
-    version = artifacts.latest(root)
+    version = artifacts.trained(root)
     manifest = artifacts.manifest(version)
     split_cfg = SplitConfig(manifest["split"]["cutoff"], manifest["split"]["validation"])
     sp = read_split(prof.offline_dir, manifest["split"], manifest["train"]["seed"])
@@ -211,9 +211,9 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig, progress: Progress | N
     vectors = {"popularity": popularity_vectors(before_test(sp), vocab, len(users)),
                "ials": ials, "two_tower": (users, items)}  # fmt: skip
     tops = {name: metrics.top_k(*v, proto.exclude, K_MAX) for name, v in vectors.items()}
-    if (version / "index.json").exists():
+    if artifacts.target(version, artifacts.INDEX) is not None:
         tops["two_tower_ann"] = ann_top(version, users, proto)
-    ranker = latest_ranker(root, manifest["version"], progress)
+    ranker = version_ranker(version, vocab, progress)
     if ranker is not None:
         ranked = RankerView(ranker, user_x, catalogue_items(world, sp.test_time), users, items)
         tops["two_stage"] = two_stage(proto, ranked, cfg.candidates)
@@ -429,17 +429,13 @@ def _names(values: object) -> list[str]:
     return [str(v) for v in values] if not isinstance(values, str) else [values]
 
 
-def latest_ranker(root: Path, model_version: str, progress: Progress | None = None,
-                  ) -> Ranker | None:  # fmt: skip
-    """The latest ranker if it was trained against this retrieval version, else None."""
-    folder = root / "ranker"
-    if not (folder / artifacts.LATEST).exists():
+def version_ranker(version: Path, vocab: Vocab, progress: Progress | None = None) -> Ranker | None:
+    """The version's ranker, if it has one that fits its towers."""
+    try:
+        return load_ranker(version, vocab)[0]
+    except BundleError as err:
+        say(progress, f"{err}: left out")
         return None
-    version = artifacts.latest(folder)
-    if artifacts.manifest(version)["retrieval_version"] != model_version:
-        say(progress, f"ranker {version.name} was trained for another retrieval version: left out")
-        return None
-    return tnn.load(Ranker, version, "ranker")
 
 
 @dataclass

@@ -11,13 +11,15 @@ import hashlib
 import io
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from retrieval import atomic
+from retrieval import artifacts, atomic
 from retrieval.errors import TTRError
 
 INDEX, EMBEDDINGS, INFO = "index.faiss", "embeddings.npy", "index.json"
@@ -134,10 +136,10 @@ def search_excluding(
     return out
 
 
-def save(built: Built, vectors: np.ndarray, folder: Path, extra: dict) -> dict:
-    """Write `index.faiss`, the indexed `embeddings.npy` (row r: the item whose index id is r)
-    and `index.json` (their digests) atomically: every file staged, then renamed, index.json
-    last."""
+def save(built: Built, vectors: np.ndarray, version: Path, extra: dict) -> dict:
+    """The index, the embeddings it was built from (`embeddings.npy`, row r for index id r) and
+    `index.json` (their digests) in a new directory `<version>/index-<digest>-<stamp>`, whole,
+    then `<version>/index` pointed at it in one step; the replaced index directory is removed."""
     payload = bytes(faiss.serialize_index(built.index))
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32))
@@ -147,24 +149,52 @@ def save(built: Built, vectors: np.ndarray, folder: Path, extra: dict) -> dict:
         "sha256": hashlib.sha256(payload).hexdigest(),
         "embeddings_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), **extra,
     }  # fmt: skip
-    files = {folder / INDEX: payload, folder / EMBEDDINGS: buffer.getvalue(),
-             folder / INFO: json.dumps(info, indent=2)}  # fmt: skip
-    atomic.write_all(files, last=folder / INFO)
+    name = f"index-{info['sha256'][:12]}-{artifacts.stamp()}"
+    before = artifacts.target(version, artifacts.INDEX)
+    with artifacts.staging(version) as staged:
+        for file, data in ((INDEX, payload), (EMBEDDINGS, buffer.getvalue()),
+                           (INFO, json.dumps(info, indent=2).encode())):  # fmt: skip
+            atomic.write(data, staged / file)
+        os.rename(staged, version / name)
+    artifacts.point(version, artifacts.INDEX, name)
+    if before is not None and before.name != name:
+        shutil.rmtree(before, ignore_errors=True)
     return info
 
 
-def load(folder: Path) -> tuple[faiss.Index, dict]:
-    info = json.loads((folder / INFO).read_text())
-    payload = (folder / INDEX).read_bytes()
+def folder(version: Path) -> Path:
+    """The version's current index directory; an error naming the command that makes one."""
+    found = artifacts.target(version, artifacts.INDEX)
+    if found is None:
+        raise TTRError(f"{version} has no index; run `ttr index`")
+    return found
+
+
+def load(version: Path) -> tuple[faiss.Index, dict]:
+    """The version's index, checked against the digest in its index.json."""
+    where = folder(version)
+    info = json.loads((where / INFO).read_text())
+    payload = (where / INDEX).read_bytes()
     if hashlib.sha256(payload).hexdigest() != info["sha256"]:
-        raise TTRError(f"{folder / INDEX} does not match the sha256 in {INFO}")
+        raise TTRError(f"{where / INDEX} does not match the sha256 in {INFO}")
     return faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8)), info
 
 
-def embeddings(folder: Path) -> np.ndarray:
-    """The item embeddings the folder's index was built from, row r for index id r."""
-    payload = (folder / EMBEDDINGS).read_bytes()
-    expected = json.loads((folder / INFO).read_text()).get("embeddings_sha256")
+def embeddings(version: Path) -> np.ndarray:
+    """The item embeddings the version's index was built from, row r for index id r."""
+    where = folder(version)
+    payload = (where / EMBEDDINGS).read_bytes()
+    expected = json.loads((where / INFO).read_text()).get("embeddings_sha256")
     if hashlib.sha256(payload).hexdigest() != expected:
-        raise TTRError(f"{folder / EMBEDDINGS} does not match the sha256 in {INFO}")
+        raise TTRError(f"{where / EMBEDDINGS} does not match the sha256 in {INFO}")
     return np.load(io.BytesIO(payload))
+
+
+def stored_ids(index: faiss.Index) -> np.ndarray:
+    """Every id the index holds (IDMap or IVF)."""
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map)
+    invlists = faiss.extract_index_ivf(index).invlists
+    parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+             for i in range(invlists.nlist) if invlists.list_size(i)]  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

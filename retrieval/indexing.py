@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 
 def run(prof: store.Profile, root: Path, cfg: index.IndexConfig) -> dict:
-    """Index the latest version's catalogue; returns the index manifest written beside it."""
-    version = artifacts.latest(root)
+    """Index the newest trained version's catalogue, then make that version `latest` (it can
+    serve now); returns the index manifest written beside it."""
+    version = artifacts.trained(root)
     manifest = artifacts.manifest(version)
     if manifest.get("stage") != "train":
         raise TTRError(f"{version} holds no trained towers")
@@ -43,6 +44,7 @@ def run(prof: store.Profile, root: Path, cfg: index.IndexConfig) -> dict:
     queries = embed_users(feast_store, user_tower, vocab, sample, at)  # what the index will answer
     built = index.build(items, np.arange(len(items)), queries, cfg)
     info = index.save(built, items, version, {"model_version": manifest["version"], "k": cfg.k})
+    artifacts.point(root, artifacts.LATEST, version.name)
     info["online_rows"] = publish_embeddings(
         feast_store, view, prof, catalogue["item_id"], items, info
     )

@@ -18,6 +18,8 @@ are stamped a day before the first interaction.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sparse
 
-from retrieval import atomic, content
+from retrieval import artifacts, atomic, content
 from retrieval.catalogue import META
 from retrieval.errors import TTRError
 from retrieval.reader import Dataset, Schema, by_user_and_time
@@ -513,21 +515,44 @@ TABLES = (
 
 def write(tables: Tables, offline_dir: Path, done: Callable[[str], object] | None = None,
           ) -> dict[str, int]:  # fmt: skip
-    """Make and write every table under a temporary name, one at a time, then rename all
-    (dataset.json last): a failure before the renames leaves the previous files as they were.
-    Calls `done(name)` as each table is made; returns each table's rows."""
+    """Make every table, one at a time, into a new generation directory beside `offline_dir`
+    (`offline-<stamp>`), then point `offline_dir` (a symlink) at it in one step: a reader sees
+    the whole old set of files or the whole new one, and a failure or a crash before the swap
+    leaves the old set. What `ttr content` and `ttr index` added to the old generation (the
+    content record, the item embeddings) is carried over. Calls `done(name)` as each table is
+    made; returns each table's rows."""
     rows: dict[str, int] = {}
+    parent = offline_dir.parent
+    with artifacts.staging(parent) as staged:
 
-    def made() -> Iterator[tuple[Path, atomic.Payload]]:
-        for name, table in tables:
-            rows[name] = table.num_rows
-            yield offline_dir / f"{name}.parquet", table
-            if done:
-                done(name)
-        yield offline_dir / META, json.dumps(tables.meta, indent=2)
+        def made() -> Iterator[tuple[Path, atomic.Payload]]:
+            for name, table in tables:
+                rows[name] = table.num_rows
+                yield staged / f"{name}.parquet", table
+                if done:
+                    done(name)
+            for kept in (content.INFO, "item_embedding.parquet"):
+                if (offline_dir / kept).is_file():
+                    yield staged / kept, (offline_dir / kept).read_bytes()
+            yield staged / META, json.dumps(tables.meta, indent=2)
 
-    atomic.write_stream(made(), last=offline_dir / META)
+        atomic.write_stream(made(), last=staged / META)
+        generation = parent / f"{offline_dir.name}-{artifacts.stamp()}"
+        os.rename(staged, generation)
+    if offline_dir.is_dir() and not offline_dir.is_symlink():  # a repository from before
+        os.rename(offline_dir, parent / f"{offline_dir.name}-{artifacts.stamp()}-legacy")
+    artifacts.point(parent, offline_dir.name, generation.name)
+    _prune(parent, offline_dir.name, keep=2)
     return rows
+
+
+def _prune(parent: Path, name: str, keep: int) -> None:
+    """Remove all but the `keep` newest generations of `name` (the current one always kept)."""
+    current = (parent / name).resolve()
+    generations = sorted((p for p in parent.glob(f"{name}-*") if p.is_dir()), reverse=True)
+    for old in generations[keep:]:
+        if old != current:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def shares_of(meta: dict, items: pd.DataFrame) -> Shares:

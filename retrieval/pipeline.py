@@ -6,33 +6,37 @@
 
 Everything per item (titles, the ranker's item inputs, popularity) is read once at load, so a
 request reads the online store for one entity only. A user the store does not know, a user with
-no features, or an online store that does not answer gets the most popular items instead.
+no features, or an online store that does not answer (the breaker open) gets the most popular
+items instead. A pipeline serves one bundle; the server swaps pipelines, never mutates one.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 import pandas as pd
 import torch
 
-from retrieval import artifacts, index, ranking, store
+from retrieval import bundle, index, ranking, store
+from retrieval.bundle import Bundle
 from retrieval.catalogue import catalogue_frame, parse_id, read_meta
 from retrieval.errors import TTRError
-from towers import nn as tnn
 from towers.features import online_rows
-from towers.inputs import Vocab, user_inputs
-from towers.ranker import Ranker
+from towers.inputs import user_inputs
 from towers.train import take
-from towers.user_tower import UserTower
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 log = logging.getLogger("ttr.pipeline")
 SERVICE = "recommend"
@@ -53,36 +57,92 @@ class Recommendation:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
 
 
+class RequestError(ValueError):
+    """A failure that belongs to one request (a value the store cannot take): that request
+    fails, with a 4xx, and no other is affected."""
+
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, TimeoutError, sqlite3.Error)
+try:  # the Redis client's own failures, where it is installed
+    import redis
+
+    STORE_ERRORS += (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                     redis.exceptions.BusyLoadingError)  # fmt: skip
+except ImportError:  # pragma: no cover - redis comes with feast[redis]
+    pass
+
+
+class Breaker:
+    """Whether the online store is asked. Closed: every request asks. After a store failure it
+    opens for `retry_after` seconds (requests get popular items without waiting on the store);
+    then one request probes, and its outcome closes or reopens it. Failures of one request's own
+    making never open it."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after, self.open_until, self.probing = retry_after, 0.0, False
+        self.lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self.lock:
+            if time.monotonic() < self.open_until or self.probing:
+                return False
+            if self.open_until:  # half open: this request is the probe
+                self.probing = True
+            return True
+
+    def succeeded(self) -> None:
+        with self.lock:
+            self.open_until, self.probing = 0.0, False
+
+    def failed(self) -> None:
+        with self.lock:
+            self.open_until, self.probing = time.monotonic() + self.retry_after, False
+
+    @property
+    def closed(self) -> bool:
+        return not self.open_until
+
+
 class Pipeline:
-    def __init__(self, prof: store.Profile, root: Path, cfg: PipelineConfig | None = None) -> None:
+    """One bundle (`retrieval.bundle.Bundle`) answering requests against the online store."""
+
+    def __init__(self, feast_store: FeatureStore, bundle: Bundle, schema: dict,
+                 cfg: PipelineConfig | None = None) -> None:  # fmt: skip
         self.cfg = cfg or PipelineConfig()
-        self.store = store.open_store(prof)
-        version = artifacts.latest(root)
-        manifest = artifacts.manifest(version)
-        if not (version / "index.json").exists():
-            raise TTRError(f"{version} has no index; run `ttr index` first")
-        self.model_version = manifest["version"]
-        self.vocab = Vocab.load(version)
-        self.schema = read_meta(prof.offline_dir)["schema"]
-        self.user_tower = tnn.load(UserTower, version, "user_tower")
-        self.index, info = index.load(version)
-        self.index_params = info["params"]
-        self.index_version = f"{self.model_version}/{info['sha256'][:12]}"
-        self.embeddings = index.embeddings(version)  # the catalogue's, as indexed
-        self.ranker, self.ranker_version = _ranker(root)
+        self.store, self.bundle, self.schema = feast_store, bundle, schema
+        self.vocab, self.user_tower = bundle.vocab, bundle.user_tower
+        self.index, self.index_params = bundle.index, bundle.index_info["params"]
+        self.embeddings, self.ranker = bundle.embeddings, bundle.ranker
         now = pd.Timestamp.now(tz="UTC")
-        catalogue = catalogue_frame(self.store, self.vocab.items, now, ranking.SERVICE)
+        catalogue = catalogue_frame(feast_store, self.vocab.items, now, ranking.SERVICE)
         self.item_ids = self.vocab.items.values.tolist()  # plain ints or strings, as the data
         titles = catalogue["title"] if "title" in catalogue else catalogue["item_id"]
         self.titles = titles.fillna("").astype(str).tolist()
-        image = [n for n, kind in self.schema["items"].items() if kind == "image"]
+        image = [n for n, kind in schema["items"].items() if kind == "image"]
         self.images = catalogue[image[0]].tolist() if image else [None] * len(catalogue)
         self.items = ranking.ranker_inputs(catalogue, self.vocab)
         self.popular = np.argsort(-self.items["popularity"][:, 0].numpy(), kind="stable")
-        self.down_until = 0.0  # while the online store is deemed down: no request waits on it
+        self.breaker = Breaker(self.cfg.retry_after)
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
         torch.set_num_threads(1)
-        gc.freeze()  # the loaded state never becomes garbage: keep full collections off it
+
+    @classmethod
+    def open(cls, prof: store.Profile, root: Path, cfg: PipelineConfig | None = None) -> Pipeline:
+        """The newest servable bundle under `root` against the profile's online store."""
+        feast_store = store.open_store(prof)
+        return cls(feast_store, bundle.newest(root), read_meta(prof.offline_dir)["schema"], cfg)
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    @property
+    def index_version(self) -> str:
+        return self.bundle.index_version
+
+    @property
+    def ranker_version(self) -> str | None:
+        return self.bundle.ranker_version
 
     def parse_user(self, text: str | int) -> int | str:
         """A user id as this dataset's ids are; ValueError if it cannot be one."""
@@ -94,14 +154,8 @@ class Pipeline:
     def recommend(self, user_id: int | str, k: int = 10, exclude_seen: bool = True,
                   ) -> Recommendation:  # fmt: skip
         seconds: dict[str, float] = {}
-        if time.monotonic() < self.down_until:
-            return self.popular_items(user_id, k, set(), seconds)
-        try:
-            with _timed(seconds, "features"):
-                row = online_rows(self.store, SERVICE, "user_id", [user_id])[0]
-        except Exception as err:  # noqa: BLE001 - any online-store failure degrades, never fails
-            log.warning("online store unavailable, serving popular items: %s", err)
-            self.down_until = time.monotonic() + self.cfg.retry_after
+        row = self._features(user_id, seconds)
+        if row is None:
             return self.popular_items(user_id, k, set(), seconds)
         seen = self.vocab.items.rows(row.get("seen_items") or [] if exclude_seen else [])
         seen = seen[seen >= 0]  # catalogue rows
@@ -121,6 +175,23 @@ class Pipeline:
         best = np.argsort(-final, kind="stable")[:k]
         items = [self._item(int(rows[j]), float(final[j]), float(scores[j])) for j in best]
         return Recommendation(user_id, items, "personalized", seconds)
+
+    def _features(self, user_id: int | str, seconds: dict[str, float]) -> dict | None:
+        """The user's online row; None while the store is deemed down (or fails now: the breaker
+        opens). A failure of this request's own making is a RequestError."""
+        if not self.breaker.allow():
+            return None
+        try:
+            with _timed(seconds, "features"):
+                row = online_rows(self.store, SERVICE, "user_id", [user_id])[0]
+        except STORE_ERRORS as err:
+            log.warning("online store unavailable, serving popular items: %s", err)
+            self.breaker.failed()
+            return None
+        except (ValueError, TypeError, OverflowError) as err:
+            raise RequestError(f"user {user_id!r}: {err}") from err
+        self.breaker.succeeded()
+        return row
 
     def _rerank(self, x: dict, rows: torch.Tensor, retrieval: np.ndarray) -> np.ndarray:
         if self.ranker is None:
@@ -146,10 +217,22 @@ class Pipeline:
         if row < 0:
             raise KeyError(item_id)
         query = self.embeddings[row : row + 1]
-        scores, rows = index.search(self.index, self.index_params, query, k + 1)
-        pairs = [(int(r), float(s)) for r, s in zip(rows[0], scores[0], strict=True)
-                 if r >= 0 and r != row][:k]  # fmt: skip
-        return [self._item(r, s, s) for r, s in pairs]
+        ((rows, scores),) = index.search_excluding(self.index, self.index_params, query, k,
+                                                   [np.array([row])])  # fmt: skip
+        return [self._item(int(r), float(s), float(s)) for r, s in zip(rows, scores, strict=True)]
+
+    def canary(self) -> None:
+        """One request through every stage, checked: a bundle that cannot answer is refused
+        before it serves."""
+        user = self.vocab.users.values[:1].tolist()[0] if len(self.vocab.users) else 0
+        rec = self.recommend(user, 5)
+        rows = self.vocab.items.rows([item["item_id"] for item in rec.items])
+        if len(rec.items) != min(5, len(self.item_ids)) or (rows < 0).any():
+            raise TTRError(f"version {self.model_version}: its canary request answered "
+                           f"{len(rec.items)} items, some outside the catalogue")  # fmt: skip
+        scores = [item["score"] for item in rec.items]
+        if not np.isfinite(scores).all():
+            raise TTRError(f"version {self.model_version}: its canary request scored NaN")
 
     def image(self, row: int) -> Path | None:
         """The image file of the item at catalogue row `row`, if it has one."""
@@ -161,12 +244,8 @@ class Pipeline:
         return int(self.vocab.items.rows([item_id])[0])
 
     def ready(self) -> bool:
-        """Whether the online store answers."""
-        try:
-            online_rows(self.store, SERVICE, "user_id", [self.vocab.users.values[0]])
-        except Exception:  # noqa: BLE001 - readiness is a yes or no
-            return False
-        return True
+        """Whether the online store answers (the breaker is closed)."""
+        return self.breaker.closed
 
     def _item(self, row: int, score: float, retrieval: float | None) -> dict:
         return {"item_id": self.item_ids[row], "title": self.titles[row], "score": score,
@@ -176,15 +255,6 @@ class Pipeline:
 def _known(row: dict) -> bool:
     """The store holds some feature of this user (else Feast answers None for every one)."""
     return any(v is not None for name, v in row.items() if name != "user_id")
-
-
-def _ranker(root: Path) -> tuple[Ranker | None, str | None]:
-    folder = root / "ranker"
-    if not (folder / artifacts.LATEST).exists():
-        log.warning("no ranker under %s: candidates keep their retrieval order", folder)
-        return None, None
-    version = artifacts.latest(folder)
-    return tnn.load(Ranker, version, "ranker"), artifacts.manifest(version)["version"]
 
 
 @contextmanager

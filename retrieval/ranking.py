@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -374,8 +375,9 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig,
         progress: Progress | None = None) -> Path:  # fmt: skip
     """Train the ranker on the latest retrieval version's split, early stopping on validation;
     then (`cfg.refit`) afresh on training + validation rows for the best number of epochs, as the
-    towers do. Returns the published version under `<root>/ranker/`."""
-    version = artifacts.latest(root)
+    towers do. Published inside that version (`<version>/ranker`): a ranker always belongs to the
+    towers it was trained for. Returns its directory."""
+    version = artifacts.trained(root)
     manifest = artifacts.manifest(version)
     sp = read_split(prof.offline_dir, manifest["split"], manifest["train"]["seed"])
     world = world_of(prof, sp, read_meta(prof.offline_dir), vocab=Vocab.load(version))
@@ -410,7 +412,12 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig,
         "seconds": time.perf_counter() - began,
         "metrics": result,
     }
-    ranker_root = root / "ranker"
-    with artifacts.staging(ranker_root) as staged:
+    before = artifacts.target(version, artifacts.RANKER)
+    with artifacts.staging(version) as staged:
         tnn.save(ranker, staged, "ranker")
-        return artifacts.publish(ranker_root, staged, {"stage": "train-ranker", **info})
+        name = f"ranker-{artifacts.stamp()}"
+        published = artifacts.publish(version, staged, {"stage": "train-ranker", **info},
+                                      artifacts.RANKER, name)  # fmt: skip
+    if before is not None:
+        shutil.rmtree(before, ignore_errors=True)  # a server holding it has it in memory
+    return published

@@ -30,24 +30,29 @@ if TYPE_CHECKING:  # feast costs seconds to import: commands that need it import
     from feast.repo_contents import RepoContents
 
 ONLINE_STORE_ENV = "TTR_ONLINE_STORE"
+REGISTRY_STORE = "retrieval.registry.AtomicFileRegistryStore"  # written whole or not at all
+SERVING_TIMEOUT = 0.25  # seconds a serving worker waits to connect to, or hear from, Redis
 
 
 @dataclass(frozen=True)
 class Profile:
     repo: Path  # the feature repository (holds feature_store.yaml)
     online_store: str | None = None  # None: the yaml's default; else redis://HOST:PORT[/DB]
+    timeout: float | None = None  # Redis: connect and read timeout, no retries (serving); None:
+    # the client's defaults (batch commands: a 20,000-row write may take a while)
 
     @property
     def offline_dir(self) -> Path:
         return self.repo / "data" / "offline"
 
 
-def profile(repo: str | Path, online_store: str | None = None) -> Profile:
+def profile(repo: str | Path, online_store: str | None = None,
+            timeout: float | None = None) -> Profile:  # fmt: skip
     """Resolve the repository path and the online store (flag, else $TTR_ONLINE_STORE)."""
     path = Path(repo).expanduser().resolve()
     if not (path / "feature_store.yaml").is_file():
         raise TTRError(f"no feature repository at {path} (feature_store.yaml not found)")
-    return Profile(path, online_store or os.environ.get(ONLINE_STORE_ENV) or None)
+    return Profile(path, online_store or os.environ.get(ONLINE_STORE_ENV) or None, timeout)
 
 
 def copy_repo(source: Path, dest: Path, project: str) -> Path:
@@ -78,6 +83,8 @@ def repo_config(prof: Profile) -> RepoConfig:
     from feast.repo_config import RepoConfig
 
     raw = yaml.safe_load((prof.repo / "feature_store.yaml").read_text())
+    if "://" not in str(raw["registry"].get("path", "")):  # a local file: written atomically
+        raw["registry"] = {**raw["registry"], "registry_store_type": REGISTRY_STORE}
     if prof.online_store:
         connection, tag = redis_settings(prof.online_store)
         # skip_dedup: write what the offline store holds, as SQLite's upsert does; with Feast's
@@ -98,9 +105,28 @@ def open_store(prof: Profile) -> FeatureStore:
     if prof.online_store:
         ping_redis(prof.online_store)
     store = FeatureStore(repo_path=str(prof.repo), config=repo_config(prof))
+    if prof.online_store and prof.timeout:
+        impatient_redis(store, prof.online_store, prof.timeout)
     # feast turns DeprecationWarning back on at import; its ibis calls then warn on every query
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="ibis")
     return store
+
+
+def impatient_redis(store: FeatureStore, url: str, timeout: float) -> None:
+    """Give Feast's Redis online store a client that waits at most `timeout` seconds to connect
+    or for an answer, and never retries: redis-py's default retries a failed command three times
+    with backoff, seconds a request cannot spend. Relies on Feast's RedisOnlineStore keeping its
+    client in `_client` (pinned by a test)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    parsed = urllib.parse.urlparse(url)
+    online = store._get_provider().online_store
+    online._client = redis.Redis(
+        host=parsed.hostname, port=parsed.port or 6379, db=int(parsed.path.strip("/") or 0),
+        socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0),
+    )  # fmt: skip
 
 
 def ping_redis(url: str, timeout: float = 2.0) -> None:

@@ -350,7 +350,7 @@ def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfi
         f.vocab.save(staged)
         if f.before_refit is not None:
             save_towers(staged / BEFORE_REFIT, *f.before_refit)
-        return artifacts.publish(
+        return artifacts.publish(  # `trained` moves; `latest` waits for `ttr index`
             root, staged, {"stage": "train", "feature_services": SERVICES, **info}
         )
 

@@ -74,11 +74,29 @@ def test_save_load_round_trip_checks_the_digest(tmp_path):
     assert meta == info and loaded.ntotal == 500 and meta["dimension"] == 8
     assert (index.search(loaded, meta["params"], vectors[:3], 5)[1][:, 0] == [0, 1, 2]).all()
     assert np.array_equal(index.embeddings(tmp_path), vectors)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["embeddings.npy", "index.faiss",
-                                                         "index.json"]  # no staging files left
-    (tmp_path / "index.faiss").write_bytes(b"corrupt")
+    assert sorted(index.stored_ids(loaded).tolist()) == list(range(500))
+    folder = index.folder(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["embeddings.npy", "index.faiss",
+                                                        "index.json"]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index", folder.name]  # nothing staged
+    (folder / "index.faiss").write_bytes(b"corrupt")
     with pytest.raises(TTRError, match="sha256"):
         index.load(tmp_path)
-    (tmp_path / "embeddings.npy").write_bytes(b"corrupt")
+    (folder / "embeddings.npy").write_bytes(b"corrupt")
     with pytest.raises(TTRError, match="sha256"):
         index.embeddings(tmp_path)
+
+
+def test_a_new_index_replaces_the_old_in_one_step(tmp_path):
+    """`index` is a pointer swapped at once: a reader sees the old index or the new one, and the
+    old directory goes once nothing points at it."""
+    vectors = clustered(300, 8, 5, 5)
+    first = index.build(vectors, np.arange(300), vectors[:10], index.IndexConfig(k=5))
+    index.save(first, vectors, tmp_path, {"model_version": "v1"})
+    old = index.folder(tmp_path)
+    ivf = index.build(vectors, np.arange(300), vectors[:10],
+                      index.IndexConfig(factory="IVF4,Flat", k=5))  # fmt: skip
+    index.save(ivf, vectors, tmp_path, {"model_version": "v1"})
+    assert index.folder(tmp_path) != old and not old.exists()
+    assert index.load(tmp_path)[1]["factory"] == "IVF4,Flat"
+    assert sorted(index.stored_ids(index.load(tmp_path)[0]).tolist()) == list(range(300))

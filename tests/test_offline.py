@@ -120,8 +120,15 @@ def test_test_split_never_feeds_features(tmp_path):
 
 def test_a_failed_write_leaves_the_previous_files(world, tmp_path, monkeypatch):
     ds, tables = world
-    offline.write(tables, tmp_path)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    offline_dir = tmp_path / "data" / "offline"
+    offline.write(tables, offline_dir)
+    assert offline_dir.is_symlink() and (offline_dir / "dataset.json").is_file()
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(tmp_path)): p.read_bytes()
+                for p in sorted(tmp_path.rglob("*")) if p.is_file()}  # fmt: skip
+
+    before = files()
     calls = []
 
     def failing_write(table, path, **options):
@@ -135,8 +142,27 @@ def test_a_failed_write_leaves_the_previous_files(world, tmp_path, monkeypatch):
     smaller = offline.build(load(cfg, tmp_path.parent / "smaller"))
     monkeypatch.setattr(pq, "write_table", failing_write)
     with pytest.raises(OSError, match="disk full"):
-        offline.write(smaller, tmp_path)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no stray temp files
+        offline.write(smaller, offline_dir)
+    assert files() == before  # no stray temp files, the old generation untouched
+
+
+def test_a_new_generation_replaces_the_whole_set_at_once(world, tmp_path):
+    """`data/offline` is a pointer: the tables of one `ttr data` are all swapped in together; a
+    repository whose offline folder is a plain directory is taken over; two generations stay."""
+    ds, tables = world
+    offline_dir = tmp_path / "offline"
+    offline_dir.mkdir()
+    (offline_dir / "content.json").write_text("{}")  # what `ttr content` recorded
+    for _ in range(3):
+        offline.write(tables, offline_dir)
+    assert offline_dir.is_symlink() and (offline_dir / "content.json").read_text() == "{}"
+    generations = sorted(p.name for p in tmp_path.glob("offline-*"))
+    assert len(generations) == 2 and offline_dir.resolve().name == generations[-1]
+    assert set(p.name for p in offline_dir.iterdir()) == {
+        *(f"{t}.parquet" for t in offline.TABLES),
+        "dataset.json",
+        "content.json",
+    }
 
 
 def test_leave_one_out_features_count_every_other_row_of_the_user(world):

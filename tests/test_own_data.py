@@ -14,7 +14,7 @@ import pytest
 import shop
 import torch
 from conftest import copy_repo, need_data, unique_project
-from test_serving import get, serve, stop
+from servers import get, serve, stop
 
 from retrieval import artifacts, store
 from retrieval.catalogue import catalogue_frame

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from retrieval import artifacts, evaluate, indexing, store, training
+from retrieval import artifacts, evaluate, index, indexing, store, training
 from retrieval.cli import run
 from retrieval.evaluate import Protocol, by_activity
 from retrieval.offline import micros
@@ -55,7 +55,7 @@ def world(tmp_path_factory):
 
 def test_train_publishes_a_complete_version(world):
     _, root = world
-    version = artifacts.latest(root)
+    version = artifacts.trained(root)
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["dataset"] == "synthetic" and manifest["split"]["kind"] == "random"
     assert manifest["metrics"]["val_recall@20"] > 0 and manifest["train"]["epochs"] == 2
@@ -72,7 +72,7 @@ def test_train_publishes_a_complete_version(world):
 
 def test_a_failed_run_never_becomes_latest(world, monkeypatch, capsys):
     repo, root = world
-    before = artifacts.latest(root)
+    before = artifacts.trained(root)
 
     save = tnn.save
 
@@ -84,7 +84,7 @@ def test_a_failed_run_never_becomes_latest(world, monkeypatch, capsys):
     monkeypatch.setattr(training.tnn, "save", crash_on_second_tower)
     assert run(["train", "--epochs", "1", "--repo", str(repo), "--artifacts", str(root)]) == 1
     assert "disk full" in capsys.readouterr().err
-    assert artifacts.latest(root) == before and not list(root.glob(".incomplete-*"))
+    assert artifacts.trained(root) == before and not list(root.glob(".incomplete-*"))
 
 
 def test_temporal_split_cuts_at_global_times():
@@ -107,14 +107,15 @@ def test_temporal_split_cuts_at_global_times():
 def test_index_stage_indexes_the_catalogue_exactly(world):
     repo, root = world
     assert run(["index", "--repo", str(repo), "--artifacts", str(root), "--k", "20"]) == 0
-    info = json.loads((artifacts.latest(root) / "index.json").read_text())
+    version = artifacts.trained(root)
+    info = json.loads((index.folder(version) / "index.json").read_text())
     assert (info["count"], info["dimension"], info["factory"], info["recall"]) == (
         80,
         DIM,
         "IDMap,Flat",
         1.0,
     )
-    assert info["model_version"] == artifacts.latest(root).name
+    assert info["model_version"] == version.name == artifacts.latest(root).name  # now servable
     online = store.entity_features(store.profile(repo), "item", "1")  # the embedding, served
     assert len(online["embedding"]) == DIM and online["model_version"] == info["model_version"]
     assert abs(sum(x * x for x in online["embedding"]) - 1.0) < 1e-4
@@ -123,7 +124,7 @@ def test_index_stage_indexes_the_catalogue_exactly(world):
 def test_nan_embeddings_stop_the_build_and_keep_the_previous_index(world, monkeypatch, capsys):
     repo, root = world
     assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 0
-    before = (artifacts.latest(root) / "index.faiss").read_bytes()
+    before = (index.folder(artifacts.latest(root)) / "index.faiss").read_bytes()
 
     def nan_items(version, vocab, catalogue):
         return np.full((len(catalogue), DIM), np.nan)
@@ -131,7 +132,7 @@ def test_nan_embeddings_stop_the_build_and_keep_the_previous_index(world, monkey
     monkeypatch.setattr(indexing, "embed_items", nan_items)
     assert run(["index", "--repo", str(repo), "--artifacts", str(root)]) == 1
     assert "NaN" in capsys.readouterr().err
-    assert (artifacts.latest(root) / "index.faiss").read_bytes() == before
+    assert (index.folder(artifacts.latest(root)) / "index.faiss").read_bytes() == before
 
 
 def test_evaluate_writes_every_model_and_ann_agrees_with_exact(world, tmp_path):
@@ -392,7 +393,7 @@ def test_random_split_test_features_hold_no_test_rows(world):
     """A random split is drawn after the store was built, which counts every row: the test users'
     activity features come from the rows before the test alone, so no answer sits among them."""
     repo, root = world
-    prof, version = store.profile(repo), artifacts.latest(root)
+    prof, version = store.profile(repo), artifacts.trained(root)
     manifest = artifacts.manifest(version)
     sp = training.read_split(prof.offline_dir, manifest["split"], manifest["train"]["seed"])
     meta = json.loads((prof.offline_dir / "dataset.json").read_text())
