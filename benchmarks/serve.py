@@ -47,7 +47,7 @@ def in_process(repo: Path, artifacts: Path, users: np.ndarray) -> dict:
     from retrieval import store
     from retrieval.pipeline import STAGES, Pipeline
 
-    pipeline = Pipeline(store.profile(repo), artifacts)
+    pipeline = Pipeline.open(store.profile(repo), artifacts)
     for user in users[:50]:
         pipeline.recommend(int(user))
     stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "total")}

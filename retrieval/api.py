@@ -214,8 +214,10 @@ def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
         return JSONResponse({"detail": f"overloaded: {err}"}, status_code=503,
                             headers={"Retry-After": "1"})  # fmt: skip
 
-    def serving() -> Pipeline:
-        """The pipeline serving now: a request keeps it to the end, whatever swaps meanwhile."""
+    async def serving() -> Pipeline:
+        """The pipeline serving now: a request keeps it to the end, whatever swaps meanwhile.
+        (async: FastAPI runs a plain function dependency on a worker thread, a thread hop per
+        request.)"""
         if service.pipeline is None:
             raise HTTPException(503, "not ready")
         return service.pipeline
@@ -278,7 +280,7 @@ def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
 
     if admin_token:
 
-        def authorised(authorization: str | None = Header(None)) -> None:
+        async def authorised(authorization: str | None = Header(None)) -> None:
             if not authorization or not authorization.startswith("Bearer "):
                 raise HTTPException(401, "an Authorization: Bearer token is required",
                                     headers={"WWW-Authenticate": "Bearer"})  # fmt: skip

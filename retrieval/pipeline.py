@@ -107,14 +107,17 @@ class Pipeline:
     """One bundle (`retrieval.bundle.Bundle`) answering requests against the online store."""
 
     def __init__(self, feast_store: FeatureStore, bundle: Bundle, schema: dict,
-                 cfg: PipelineConfig | None = None) -> None:  # fmt: skip
+                 cfg: PipelineConfig | None = None,
+                 catalogue: pd.DataFrame | None = None) -> None:  # fmt: skip
+        """`catalogue`: the bundle's items' `ranker` features, where the caller holds them
+        (read as of now otherwise)."""
         self.cfg = cfg or PipelineConfig()
         self.store, self.bundle, self.schema = feast_store, bundle, schema
         self.vocab, self.user_tower = bundle.vocab, bundle.user_tower
         self.index, self.index_params = bundle.index, bundle.index_info["params"]
         self.embeddings, self.ranker = bundle.embeddings, bundle.ranker
-        now = pd.Timestamp.now(tz="UTC")
-        catalogue = catalogue_frame(feast_store, self.vocab.items, now, ranking.SERVICE)
+        if catalogue is None:
+            catalogue = item_features(feast_store, bundle)
         self.item_ids = self.vocab.items.values.tolist()  # plain ints or strings, as the data
         titles = catalogue["title"] if "title" in catalogue else catalogue["item_id"]
         self.titles = titles.fillna("").astype(str).tolist()
@@ -161,7 +164,7 @@ class Pipeline:
         seen = seen[seen >= 0]  # catalogue rows
         if not _known(row):
             return self.popular_items(user_id, k, set(seen.tolist()), seconds)
-        with _timed(seconds, "user_tower"), torch.no_grad():
+        with _timed(seconds, "user_tower"), torch.inference_mode():
             x = user_inputs({name: [value] for name, value in row.items()}, self.vocab)
             query = self.user_tower(x).numpy()
         with _timed(seconds, "ann"):
@@ -196,7 +199,7 @@ class Pipeline:
     def _rerank(self, x: dict, rows: torch.Tensor, retrieval: np.ndarray) -> np.ndarray:
         if self.ranker is None:
             return retrieval
-        with torch.no_grad():
+        with torch.inference_mode():
             item = take(self.items, rows)
             return self.ranker.score(x, item, torch.from_numpy(retrieval)).numpy()
 
@@ -250,6 +253,12 @@ class Pipeline:
     def _item(self, row: int, score: float, retrieval: float | None) -> dict:
         return {"item_id": self.item_ids[row], "title": self.titles[row], "score": score,
                 "retrieval_score": retrieval}  # fmt: skip
+
+
+def item_features(feast_store: FeatureStore, bundle: Bundle) -> pd.DataFrame:
+    """The features the ranker reads of every item of the bundle's catalogue, as of now."""
+    now = pd.Timestamp.now(tz="UTC")
+    return catalogue_frame(feast_store, bundle.vocab.items, now, ranking.SERVICE)
 
 
 def _known(row: dict) -> bool:

@@ -29,7 +29,7 @@ import torch
 from retrieval import artifacts, atomic, bundle, store
 from retrieval.catalogue import read_meta
 from retrieval.errors import TTRError
-from retrieval.pipeline import Pipeline, PipelineConfig, Recommendation
+from retrieval.pipeline import Pipeline, PipelineConfig, Recommendation, item_features
 
 log = logging.getLogger("ttr.serving")
 T = TypeVar("T")
@@ -73,6 +73,7 @@ class Service:
         self.lock = asyncio.Lock()
         self.marker_seen = 0.0
         self.feast_store = None
+        self.catalogues: dict[tuple, object] = {}  # (data generation, items) -> their features
 
     async def start(self) -> None:
         """Open the store and serve the newest bundle that loads (an older one where the newest
@@ -82,6 +83,7 @@ class Service:
         self.feast_store = await self._load(store.open_store, self.prof)
         found = await self._load(bundle.newest, self.root)
         self.pipeline = await self._load(self._pipeline, found)
+        await self.run(self.pipeline.canary)  # checked, and warm before the first request
         self.marker_seen = self._marker_time()
         _settle()
         log.info("serving version %s (index %s, ranker %s) against %s", *found.key,
@@ -93,8 +95,14 @@ class Service:
         self.loader.shutdown(wait=False)
 
     def _pipeline(self, found: bundle.Bundle) -> Pipeline:
+        """A pipeline over `found`. The items' features are read once per generation of the
+        offline data and catalogue: most reloads swap towers over the same items, and reading
+        them took most of a reload (0.1-0.5 s of a busy interpreter)."""
         schema = read_meta(self.prof.offline_dir)["schema"]
-        return Pipeline(self.feast_store, found, schema, self.cfg.pipeline)
+        key = (str(self.prof.offline_dir.resolve()), hash(found.vocab.items.values.tobytes()))
+        if key not in self.catalogues:
+            self.catalogues = {key: item_features(self.feast_store, found)}
+        return Pipeline(self.feast_store, found, schema, self.cfg.pipeline, self.catalogues[key])
 
     async def _load(self, fn: Callable[..., T], *args: object) -> T:
         """Loading work, on its own thread: the pipeline threads keep serving meanwhile."""
@@ -143,7 +151,7 @@ class Service:
             self.pipeline = fresh  # the swap: requests already holding `current` finish on it
             self._leave_marker(found.key)
             log.info("reload (%s): now serving version %s (index %s, ranker %s)", why, *found.key)
-        _settle()
+        gc.freeze()  # the new bundle joins the frozen heap; see `_settle`
         return Reload(True, found.key, f"now serving version {found.key[0]}")
 
     def _leave_marker(self, key: tuple) -> None:
@@ -174,8 +182,9 @@ def _quietly(task: asyncio.Future) -> None:
 
 
 def _settle() -> None:
-    """Collect what a swap left behind, then freeze the rest: the loaded bundle never becomes
-    garbage, and full collections over it cost 200 ms once in about a hundred requests."""
-    gc.unfreeze()
+    """Collect, then freeze what is left: the loaded bundle never becomes garbage, and full
+    collections over it cost 200 ms once in about a hundred requests. At start only: a full
+    collection holds the interpreter for 0.17 s, which under load is a stall; a swap freezes
+    the new bundle without one (what the old leaves is freed by reference counting)."""
     gc.collect()
     gc.freeze()

@@ -319,6 +319,21 @@ def test_an_untrained_ranker_ranks_as_the_retrieval_stage():
         assert torch.allclose(scores, retrieval * model.config.retrieval_scale)
 
 
+def test_a_ranker_scores_one_user_against_items_as_it_scores_pairs():
+    torch.manual_seed(0)
+    model = ranker().eval()
+    for p in model.parameters():  # away from the start, where only the retrieval score counts
+        torch.nn.init.normal_(p, std=0.3)
+    items = categorical_inputs(ITEMS, VOCAB) | {"popularity": torch.randn(3, 4)}
+    users, retrieval = user_inputs(USERS, VOCAB), torch.tensor([0.1, 0.7, -0.2])
+    with torch.no_grad():
+        for row in range(3):
+            one = take(users, torch.tensor([row]))
+            pairs = model(take(users, torch.tensor([row] * 3)), items, retrieval)
+            assert torch.allclose(model.score(one, items, retrieval), pairs, atol=1e-6)
+            assert pairs.std() > 0  # the items are told apart
+
+
 def test_a_ranker_step_moves_only_the_id_rows_its_batch_touched():
     torch.manual_seed(0)
     model = ranker()

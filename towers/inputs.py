@@ -48,7 +48,7 @@ class Ids:
 
     def __init__(self, values: Iterable) -> None:
         self.values = np.asarray(values if not isinstance(values, pd.Series) else values.values)
-        self._index = pd.Index(self.values)
+        self.sorted = len(self.values) < 2 or bool(np.all(self.values[1:] > self.values[:-1]))
 
     def __len__(self) -> int:
         return len(self.values)
@@ -57,14 +57,30 @@ class Ids:
     def kind(self) -> str:
         return "int64" if np.issubdtype(self.values.dtype, np.integer) else "string"
 
+    @functools.cached_property
+    def _index(self) -> pd.Index:
+        return pd.Index(self.values)
+
+    @functools.cached_property
+    def _positions(self) -> dict:
+        return {v: i for i, v in enumerate(self.values.tolist())}
+
     def rows(self, ids: Sequence | np.ndarray | pd.Series) -> np.ndarray:
-        """Each id's position, -1 where absent."""
+        """Each id's position, -1 where absent. A request's few hundred ids are looked up by
+        binary search (integers) or in a dict (strings): building a pandas index for them cost
+        a tenth of a request."""
         ids = np.asarray(ids if not isinstance(ids, pd.Series) else ids.values)
         if not len(ids):
             return np.zeros(0, dtype=np.int64)
         if self.kind == "int64" and not np.issubdtype(ids.dtype, np.integer):
             ids = pd.to_numeric(pd.Series(ids, dtype=object), errors="coerce").to_numpy()
-        return self._index.get_indexer(ids).astype(np.int64)
+        if len(ids) > 4096 or not self.sorted:
+            return self._index.get_indexer(ids).astype(np.int64)
+        if self.kind == "int64" and np.issubdtype(ids.dtype, np.integer):
+            at = np.minimum(np.searchsorted(self.values, ids), len(self.values) - 1)
+            return np.where(self.values[at] == ids, at, -1).astype(np.int64)
+        found = self._positions
+        return np.fromiter((found.get(i, -1) for i in ids.tolist()), np.int64, len(ids))
 
     def index(self, ids: Sequence | np.ndarray | pd.Series) -> np.ndarray:
         """Each id's index (position + 1), 0 where absent."""

@@ -76,21 +76,32 @@ class Ranker(nn.Module):
     def forward(self, user: Inputs, item: Inputs, retrieval: torch.Tensor) -> torch.Tensor:
         """Logits (B,) for row i of `user` with row i of `item`, whose retrieval score is
         `retrieval[i]`."""
-        u, i = (
-            known(user["user"], self.config.num_users),
-            known(item["item"], self.config.num_items),
-        )
-        gmf = self.gmf_user(u) * self.gmf_item(i)
-        parts = [self.mlp_user(u), self.mlp_item(i), *self.user_features(user)]
-        parts += [*self.item_features(item), user["activity"], item["popularity"]]
-        for name, _ in self.config.shares:
-            mine, its = user[f"{name}_shares"], item[f"{name}:share"]
-            parts += [mine, its, (mine * its).sum(dim=1, keepdim=True)]  # with their affinity
-        mlp = self.mlp(torch.cat(parts, dim=1))
-        return self.out(torch.cat([gmf, mlp, retrieval[:, None]], dim=1)).squeeze(1)
+        return self._logits(self._user_side(user), item, retrieval)
 
     def score(self, user: Inputs, items: Inputs, retrieval: torch.Tensor) -> torch.Tensor:
-        """Logits (C,) of one user (a batch of one row) against every row of `items`."""
-        n = len(items["item"])
-        user = {k: v.expand(n, *v.shape[1:]) for k, v in user.items() if k != "recent_items"}
-        return self(user, items, retrieval)
+        """Logits (C,) of one user (a batch of one row) against every row of `items`: the user's
+        side is computed once."""
+        return self._logits(self._user_side(user), items, retrieval)
+
+    def _user_side(self, user: Inputs) -> dict[str, list[torch.Tensor]]:
+        u = known(user["user"], self.config.num_users)
+        return {
+            "gmf": [self.gmf_user(u)],
+            "parts": [self.mlp_user(u), *self.user_features(user), user["activity"]],
+            "shares": [user[f"{name}_shares"] for name, _ in self.config.shares],
+        }
+
+    def _logits(self, side: dict[str, list[torch.Tensor]], item: Inputs,
+                retrieval: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """The user's side (B rows, or one row for every item) with the items' (B rows)."""
+        i = known(item["item"], self.config.num_items)
+        n = len(i)
+        mlp_u, *features, activity = (t.expand(n, *t.shape[1:]) for t in side["parts"])
+        gmf = side["gmf"][0] * self.gmf_item(i)
+        parts = [mlp_u, self.mlp_item(i), *features, *self.item_features(item), activity,
+                 item["popularity"]]  # fmt: skip
+        for mine, (name, _) in zip(side["shares"], self.config.shares, strict=True):
+            its = item[f"{name}:share"]
+            parts += [mine.expand(n, -1), its, (mine * its).sum(dim=1, keepdim=True)]
+        mlp = self.mlp(torch.cat(parts, dim=1))
+        return self.out(torch.cat([gmf, mlp, retrieval[:, None]], dim=1)).squeeze(1)
