@@ -45,8 +45,9 @@ def staging(root: Path) -> Iterator[Path]:
 
 
 def stamp() -> str:
-    """A new, sortable, unique name: UTC time to the second and a random suffix."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    """A new, sortable, unique name: UTC time to the microsecond (names made within one second
+    sort in the order they were made) and a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def publish(root: Path, staged: Path, manifest: dict, pointer: str = TRAINED,
