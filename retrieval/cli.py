@@ -252,8 +252,15 @@ def cmd_train_ranker(args: argparse.Namespace) -> None:
         cfg = _config_from(RankerTrainConfig, args)
         version = ranking.run(prof, artifacts_root(args), cfg, progress)
     metrics = artifacts.manifest(version)["metrics"]
-    print(f"trained ranker: best epoch {metrics['best_epoch']}, validation HR@10 "
-          f"{metrics['val_hr@10']:.4f} -> {version} (now latest)")  # fmt: skip
+    start = metrics["retrieval_order"]
+    kept = (
+        "the retrieval order (no epoch beat it)"
+        if metrics["best_epoch"] == 0
+        else (f"epoch {metrics['best_epoch']}")
+    )
+    print(f"trained ranker: kept {kept}; validation recall@20 {start['recall@20']:.4f} -> "
+          f"{metrics['val_recall@20']:.4f}, NDCG@20 {start['ndcg@20']:.4f} -> "
+          f"{metrics['val_ndcg@20']:.4f} -> {version}")  # fmt: skip
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
@@ -332,9 +339,13 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         ["evaluate", "--no-retrain", *art],
         ["recommend", str(args.user), *art],
     ]
+    began = time.perf_counter()
     for step in steps:
         print(f"$ ttr {' '.join(step)}")
+        start = time.perf_counter()
         _dispatch(build_parser().parse_args([*step, "--repo", str(args.repo)]))
+        print(f"  ({time.perf_counter() - start:.0f} s)")
+    print(f"\nthe whole path: {(time.perf_counter() - began) / 60:.1f} min")
     print(f"\nserve it: ttr serve --repo {args.repo} --artifacts {artifacts_root(args)} "
           "--port 8000\n"
           f"then:     curl 'http://127.0.0.1:8000/recommend/{args.user}?k=10'")  # fmt: skip

@@ -9,7 +9,9 @@ for that user (items the towers rank high that the user did not pick), paired wi
 user features and time.
 
 The ranker starts as the retrieval order (its output layer: the retrieval score, Platt-scaled to
-the labels) and learns what to add; early stopping compares each epoch with that start. Training
+the labels) and learns what to add. Early stopping scores each epoch on the served task (the
+validation users' top `candidates` by the towers, re-ordered) and keeps the retrieval order
+where no epoch beats it without losing recall@20 or NDCG@20. Training
 and validation use the towers trained before their refit, which never saw the validation rows;
 the refit ranker, the published towers.
 """
@@ -41,8 +43,8 @@ from retrieval.training import (
     read_split,
     sets_of_rows,
     training_users,
+    validation_set,
     validation_towers,
-    validation_users,
     world_of,
 )
 from towers import metrics
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
 
 SERVICE = "ranker"
 PAIRS = 1 << 18  # (user, item) pairs scored at once: 64 MiB of 64-d item rows
-VALIDATION_ROWS = 20_000  # validation interactions early stopping ranks, at most
+K = 20  # early stopping watches recall@K and NDCG@K of the served task
 DAY = pd.Timedelta(days=1)
 
 
@@ -74,7 +76,8 @@ class RankerTrainConfig:
     hard_pool: int = 500  # how deep in the retrieval ranking hard negatives are drawn (from the
     # top 100, ml-100k's validation HR@10 fell with each epoch: the towers' top items for a user
     # are often ones the user picks later; from the top 500 it rose 0.451 -> 0.496 in one epoch)
-    patience: int = 2  # epochs without a better validation HR@10 before stopping
+    patience: int = 2  # epochs without a better validation NDCG@20 before stopping
+    candidates: int = 200  # the retrieval depth the ranker re-orders, as `ttr serve` hands it
     refit: bool = True  # then train afresh on training + validation rows for the best epochs
     seed: int = 0
 
@@ -144,26 +147,52 @@ def negatives(
 
 
 @dataclass
-class Validation:
-    """Held-out positives, each against sampled items (the NCF protocol): row u of `users` meets
-    the items u * C .. u * C + C - 1 of `items`, the first of them its positive, with retrieval
-    scores `retrieval[u]`; `weights[u]` the row's share of its user (users count equally)."""
+class Served:
+    """The served task on validation users: each user's top `cand.shape[1]` catalogue rows by the
+    retrieval towers (training items left out; -1 where fewer remain), in retrieval order, with
+    their retrieval scores; `items` the ranker's inputs of every catalogue row, `relevant[u]` the
+    user's validation items."""
 
     users: Inputs
     items: Inputs
+    cand: np.ndarray
     retrieval: torch.Tensor
-    weights: torch.Tensor
+    relevant: list[set[int]]
 
 
-def hit_rate(ranker: Ranker, v: Validation, k: int = 10) -> tuple[float, float]:
-    """HR@k and NDCG@k over `v`, each user weighing the same."""
-    n = len(v.users["user"])
+def served_task(world: World, towers: Towers, sp: Split, depth: int) -> Served:
+    """The retrieval stage's answers to the validation users, as `ttr serve` would hand them to
+    the ranker, both sides' features as of the validation time."""
+    v = validation_set(world, sp)
+    user_x = embed(towers.user, v.users)
+    cand = metrics.top_k(user_x, towers.items, v.seen, depth)
+    retrieval = pair_scores(user_x, towers.items, np.maximum(cand, 0))
+    items = catalogue_items(world, sp.validation_time)
+    return Served(v.users, items, cand, retrieval, v.relevant)
+
+
+def served_metrics(ranker: Ranker, s: Served, k: int = K) -> dict[str, float]:
+    """Recall@k and NDCG@k of the served task's candidates re-ordered by `ranker`."""
+    n, c = s.cand.shape
     ranker.eval()
+    scores, step = [], max(1, PAIRS // c)
     with torch.no_grad():
-        rows = torch.arange(n).repeat_interleave(len(v.items["item"]) // n)
-        scores = ranker(take(v.users, rows), v.items, v.retrieval.reshape(-1)).view(n, -1)
-    out = metrics.sampled_hits(scores, v.weights.numpy(), k)
-    return out[f"hr@{k}"], out[f"ndcg@{k}"]
+        for lo in range(0, n, step):
+            rows = torch.arange(lo, min(n, lo + step))
+            cand = torch.from_numpy(s.cand[lo : lo + step]).clamp(min=0).reshape(-1)
+            logits = ranker(take(s.users, rows.repeat_interleave(c)), take(s.items, cand),
+                            s.retrieval[lo : lo + step].reshape(-1))  # fmt: skip
+            scores.append(logits.view(len(rows), c))
+    order = np.argsort(-torch.cat(scores).numpy(), axis=1, kind="stable")
+    ranked = np.take_along_axis(s.cand, order, axis=1)
+    top = [row[row >= 0].tolist() for row in ranked]
+    return {f"recall@{k}": metrics.recall_at_k(top, s.relevant, k),
+            f"ndcg@{k}": metrics.ndcg_at_k(top, s.relevant, k)}  # fmt: skip
+
+
+def no_worse(m: dict[str, float], start: dict[str, float]) -> bool:
+    """Whether `m` loses neither recall nor NDCG against the retrieval order's `start`."""
+    return all(m[name] >= start[name] for name in start)
 
 
 def calibrate(ranker: Ranker, data: Examples, steps: int = 50) -> tuple[float, float]:
@@ -190,63 +219,74 @@ def calibrate(ranker: Ranker, data: Examples, steps: int = 50) -> tuple[float, f
 def fit_ranker(
     ranker: Ranker,
     data: Examples,
-    validation: Validation | None,
+    validation: Served | None,
     cfg: RankerTrainConfig,
     progress: Progress | None = None,
 ) -> dict:
     """Binary cross-entropy over `data`. With a `validation` set, keeps the epoch with the best
-    validation HR@10, epoch 0 (the untrained ranker: the retrieval order) included, and stops
-    after `patience` epochs without progress; without one, runs every epoch and keeps the
-    last."""
+    NDCG@20 on the served task among those that lose neither recall@20 nor NDCG@20 against the
+    retrieval order (epoch 0, the untrained ranker), which wins where none does; stops after
+    `patience` epochs without progress. Without one, runs every epoch and keeps the last."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     steppers = tnn.optimizers(ranker, cfg.lr, cfg.weight_decay)
-    history, n, best = [], len(data.labels), {}
+    history, best, start = [], {}, {}
     scale, bias = calibrate(ranker, data)
     sign = "-" if bias < 0 else "+"
-    say(
-        progress,
-        f"the retrieval score calibrated: logit = {scale:.2f} x score {sign} {abs(bias):.2f}",
-    )
+    say(progress, f"the retrieval score calibrated: logit = {scale:.2f} * score {sign} "
+                  f"{abs(bias):.2f}")  # fmt: skip
     if validation is not None:
-        hr, ndcg = hit_rate(ranker, validation)
-        history.append({"epoch": 0, "hr@10": hr, "ndcg@10": ndcg})
-        say(progress, f"epoch 0 (the retrieval order): val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}")
-        best = {"hr": hr, "epoch": 0, "state": copy.deepcopy(ranker.state_dict())}
+        start = served_metrics(ranker, validation)
+        history.append({"epoch": 0, **start})
+        say(progress, f"epoch 0 (the retrieval order): {_shown(start)}")
+        best = {"epoch": 0, "m": start, "state": copy.deepcopy(ranker.state_dict())}
     for epoch in range(cfg.epochs):
-        ranker.train()
-        order, began, total = torch.randperm(n, generator=generator), time.perf_counter(), 0.0
-        task, batches = f"epoch {epoch + 1}/{cfg.epochs}", -(-n // cfg.batch_size)
-        for batch, start in enumerate(range(0, n, cfg.batch_size)):
-            b = order[start : start + cfg.batch_size]
-            user, item = take(data.users, data.rows[b]), take(data.items, data.where[b])
-            logits = ranker(user, item, data.retrieval[b])
-            loss = F.binary_cross_entropy_with_logits(logits, data.labels[b])
-            for optimizer in steppers:
-                optimizer.zero_grad()
-            loss.backward()
-            for optimizer in steppers:
-                optimizer.step()
-            total += loss.item() * len(b)
-            report(progress, Step(task, batch + 1, batches, "batches"))
-        rate = n / (time.perf_counter() - began)
-        step = {"epoch": epoch + 1, "loss": total / n, "examples_per_s": rate}
+        task = f"epoch {epoch + 1}/{cfg.epochs}"
+        step = _epoch(ranker, data, steppers, cfg, generator, task, progress)
         if validation is None:
-            history.append(step)
-            say(progress, f"{task}: loss {total / n:.4f}, {rate:,.0f} examples/s")
+            history.append({"epoch": epoch + 1, **step})
+            say(progress, f"{task}: loss {step['loss']:.4f}, {step['examples_per_s']:,.0f} "
+                          "examples/s")  # fmt: skip
             continue
-        hr, ndcg = hit_rate(ranker, validation)
-        history.append({**step, "hr@10": hr, "ndcg@10": ndcg})
-        say(progress, f"{task}: loss {total / n:.4f}, val HR@10 {hr:.4f}, NDCG@10 {ndcg:.4f}, "
-                      f"{rate:,.0f} examples/s")  # fmt: skip
-        if hr > best["hr"]:
-            best = {"hr": hr, "epoch": epoch + 1, "state": copy.deepcopy(ranker.state_dict())}
+        m = served_metrics(ranker, validation)
+        history.append({"epoch": epoch + 1, **step, **m})
+        say(progress, f"{task}: loss {step['loss']:.4f}, {_shown(m)}, "
+                      f"{step['examples_per_s']:,.0f} examples/s")  # fmt: skip
+        if no_worse(m, start) and m[f"ndcg@{K}"] > best["m"][f"ndcg@{K}"]:
+            best = {"epoch": epoch + 1, "m": m, "state": copy.deepcopy(ranker.state_dict())}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
             break
     if validation is None:
         return {"epochs": cfg.epochs, "history": history}
     ranker.load_state_dict(best["state"])
-    return {"best_epoch": best["epoch"], "val_hr@10": best["hr"], "history": history}
+    out = {"best_epoch": best["epoch"], "retrieval_order": start}
+    return {**out, **{f"val_{k}": v for k, v in best["m"].items()}, "history": history}
+
+
+def _epoch(ranker: Ranker, data: Examples, steppers: list, cfg: RankerTrainConfig,
+           generator: torch.Generator, task: str, progress: Progress | None) -> dict:  # fmt: skip
+    """One pass over `data` in shuffled batches: the mean loss and the examples a second."""
+    ranker.train()
+    n = len(data.labels)
+    order, began, total = torch.randperm(n, generator=generator), time.perf_counter(), 0.0
+    batches = -(-n // cfg.batch_size)
+    for batch, lo in enumerate(range(0, n, cfg.batch_size)):
+        b = order[lo : lo + cfg.batch_size]
+        user, item = take(data.users, data.rows[b]), take(data.items, data.where[b])
+        loss = F.binary_cross_entropy_with_logits(ranker(user, item, data.retrieval[b]),
+                                                  data.labels[b])  # fmt: skip
+        for optimizer in steppers:
+            optimizer.zero_grad()
+        loss.backward()
+        for optimizer in steppers:
+            optimizer.step()
+        total += loss.item() * len(b)
+        report(progress, Step(task, batch + 1, batches, "batches"))
+    return {"loss": total / n, "examples_per_s": n / (time.perf_counter() - began)}
+
+
+def _shown(m: dict[str, float]) -> str:
+    return ", ".join(f"val {name} {value:.4f}" for name, value in m.items())
 
 
 def ncf_candidates(
@@ -287,27 +327,6 @@ def outside(banned: set[int], n_items: int, n: int, rng: np.random.Generator) ->
                 taken.add(row)
                 picked.append(row)
     return picked
-
-
-def validation_pairs(world: World, towers: Towers, sp: Split,
-                     rng: np.random.Generator) -> Validation:  # fmt: skip
-    """Each validation interaction (a sample of `VALIDATION_ROWS` where there are more) against 99
-    sampled items, both sides as of the validation time, with their retrieval scores. Every
-    interaction, not one per user: ml-100k has 81 validation users, too few to tell epochs
-    apart."""
-    vocab = world.vocab
-    rows = sp.validation.iloc[np.sort(rng.permutation(len(sp.validation))[:VALIDATION_ROWS])]
-    seen = sets_of_rows(pd.concat([sp.train, sp.validation]), vocab)
-    users, inverse = np.unique(rows["user_id"].to_numpy(), return_inverse=True)
-    cand = ncf_candidates(
-        vocab.items.rows(rows["item_id"]), [seen[users[u]] for u in inverse], len(vocab.items),
-        rng,
-    )  # fmt: skip
-    items = catalogue_items(world, sp.validation_time)
-    user_x = take(validation_users(world, sp, users), torch.from_numpy(inverse))
-    retrieval = pair_scores(embed(towers.user, user_x), towers.items, cand)
-    weights = torch.from_numpy(1.0 / np.bincount(inverse)[inverse]).float()
-    return Validation(user_x, take(items, torch.from_numpy(cand.reshape(-1))), retrieval, weights)
 
 
 def catalogue_items(world: World, at: pd.Timestamp) -> Inputs:
@@ -392,7 +411,7 @@ def run(prof: store.Profile, root: Path, cfg: RankerTrainConfig,
     data = examples(world, towers, sp, sp.train, cfg, rng)
     torch.manual_seed(cfg.seed)
     ranker = Ranker(config)
-    validation = validation_pairs(world, towers, sp, rng)
+    validation = served_task(world, towers, sp, cfg.candidates)
     result = fit_ranker(ranker, data, validation, cfg, progress)
     if cfg.refit:
         say(progress, f"refit: training + validation rows, {result['best_epoch']} epochs")

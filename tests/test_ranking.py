@@ -13,6 +13,7 @@ from torch import nn
 
 from retrieval import ranking
 from towers import metrics
+from towers.ranker import Ranker, RankerConfig
 
 
 class ByRetrieval(nn.Module):
@@ -67,17 +68,57 @@ def test_ncf_candidates_in_a_large_catalogue_are_distinct_unseen_and_uniform():
     assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
 
 
-def test_validation_hit_rate_weighs_each_user_equally():
-    retrieval = torch.tensor([
-        [0.9, 0.1, 0.2],  # user 1: positive first -> rank 0
-        [0.1, 0.5, 0.9],  # user 1: two items above -> rank 2
-        [0.5, 0.9, 0.1],  # user 2: one above -> rank 1
-    ])  # fmt: skip
-    v = ranking.Validation(
-        {"user": torch.tensor([1, 1, 2])}, {"item": torch.arange(9)}, retrieval,
-        torch.tensor([0.5, 0.5, 1.0]),
+class ByItem(nn.Module):
+    """Scores each pair by its item's row: the highest row first."""
+
+    def forward(self, user: dict, item: dict, retrieval: torch.Tensor) -> torch.Tensor:
+        return item["item"].float()
+
+
+def served(relevant: list[set[int]]) -> ranking.Served:
+    """Two users' candidates in retrieval order; the second user has only two (-1 pads)."""
+    return ranking.Served(
+        {"user": torch.tensor([1, 2])}, {"item": torch.arange(5)},
+        np.array([[0, 1, 2], [3, 4, -1]]), torch.tensor([[0.9, 0.5, 0.1], [0.8, 0.2, 0.0]]),
+        relevant,
     )  # fmt: skip
-    assert ranking.hit_rate(ByRetrieval(), v, k=1)[0] == pytest.approx(0.25)
-    hr, ndcg = ranking.hit_rate(ByRetrieval(), v, k=2)
-    assert hr == pytest.approx((0.5 + 1.0) / 2)
-    assert ndcg == pytest.approx((0.5 * 1.0 + 1.0 / math.log2(3)) / 2)
+
+
+def test_served_metrics_rank_the_candidates_in_the_rankers_order():
+    task = served([{2}, {4}])
+    assert ranking.served_metrics(ByRetrieval(), task, k=1) == {"recall@1": 0.0, "ndcg@1": 0.0}
+    assert ranking.served_metrics(ByItem(), task, k=1) == {"recall@1": 1.0, "ndcg@1": 1.0}
+    by_retrieval = ranking.served_metrics(ByRetrieval(), task, k=2)
+    assert by_retrieval["recall@2"] == pytest.approx(0.5)  # user 2 finds item 4 second
+    assert by_retrieval["ndcg@2"] == pytest.approx(0.5 / math.log2(3))
+
+
+def test_an_epoch_is_no_worse_only_where_it_loses_neither_recall_nor_ndcg():
+    start = {"recall@20": 0.2, "ndcg@20": 0.3}
+    assert ranking.no_worse({"recall@20": 0.2, "ndcg@20": 0.3}, start)
+    assert not ranking.no_worse({"recall@20": 0.19, "ndcg@20": 0.4}, start)
+    assert not ranking.no_worse({"recall@20": 0.3, "ndcg@20": 0.29}, start)
+
+
+def test_the_ranker_keeps_the_retrieval_order_where_training_cannot_beat_it():
+    """Retrieval puts each user's validation item first; the training labels are noise: no epoch
+    can do better, so the ranker comes back as it started and serves the retrieval order."""
+    rng, n_users, n_items = np.random.default_rng(0), 4, 20
+    config = RankerConfig(num_users=n_users + 1, num_items=n_items)
+    users = {"user": torch.arange(1, n_users + 1), "activity": torch.zeros(n_users, 4)}
+    items = {"item": torch.arange(n_items), "popularity": torch.zeros(n_items, 4)}
+    n = 512
+    data = ranking.Examples(
+        users, torch.from_numpy(rng.integers(n_users, size=n)), items,
+        torch.from_numpy(rng.integers(n_items, size=n)),
+        torch.from_numpy(rng.integers(2, size=n).astype(np.float32)),
+        torch.from_numpy(rng.normal(size=n).astype(np.float32)),
+    )  # fmt: skip
+    cand = np.stack([rng.permutation(n_items)[:5] for _ in range(n_users)])
+    retrieval = torch.linspace(1.0, 0.0, 5).repeat(n_users, 1)
+    task = ranking.Served(users, items, cand, retrieval, [{int(c[0])} for c in cand])
+    ranker = Ranker(config)
+    cfg = ranking.RankerTrainConfig(epochs=3, batch_size=64, lr=0.05, patience=3)
+    result = ranking.fit_ranker(ranker, data, task, cfg)
+    assert result["best_epoch"] == 0 and len(result["history"]) == 4
+    assert ranking.served_metrics(ranker, task) == {"recall@20": 1.0, "ndcg@20": 1.0}
