@@ -21,7 +21,8 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -33,7 +34,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retrieval import store
+from retrieval import page, store
 from retrieval.catalogue import INT64, read_meta
 from retrieval.pipeline import STAGES, Pipeline, RequestError
 from retrieval.serving import Overloaded, ServeConfig, Service
@@ -64,10 +65,20 @@ class Settings(BaseSettings):
 class Item(BaseModel):
     item_id: int | str = Field(description="the item's id, as the data has it")
     title: str = Field(description="its title (its id where the dataset has no titles)")
-    score: float = Field(description="what the answer is ordered by, highest first")
+    score: float | None = Field(
+        description="the re-ranker's probability that the user picks this item, 0 to 1 (its"
+        " logit, Platt-scaled on its training labels, through a sigmoid); personalized answers"
+        " are ordered by it. null where no re-ranker scored the item: popular answers, /similar,"
+        " a bundle without a re-ranker"
+    )
     retrieval_score: float | None = Field(
-        description="the towers' cosine similarity of the user (or item) and this item, -1 to 1;"
-        " null for popular items"
+        description="the cosine similarity of the towers' user embedding (in /similar: the"
+        " item's) and this item's, -1 to 1: what FAISS ranks by, and the order of /similar and"
+        " of a bundle without a re-ranker. null for popular items"
+    )
+    popularity: int = Field(
+        description="the item's interactions in the data, all of time as of the bundle's load;"
+        " popular answers are ordered by it"
     )
 
 
@@ -180,6 +191,13 @@ def _versions(pipeline: Pipeline) -> dict:
 
 OVERLOADED = {503: {"model": Error, "description": "the queue is full: retry after a second"}}
 NOT_FOUND = {404: {"model": Error, "description": "no such item in the catalogue"}}
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
+               ".gif": "image/gif", ".webp": "image/webp"}  # fmt: skip
+IMAGE = {200: {"content": {t: {} for t in {*IMAGE_TYPES.values(), "application/octet-stream"}},
+               "description": "the image file the dataset names for the item"},
+         404: {"model": Error, "description": "no such item, or it has no image"}}  # fmt: skip
+PAGE = {404: {"content": {"text/html": {"schema": {"type": "string"}}},
+              "description": "no such item: the page says so"}}  # fmt: skip
 
 
 def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
@@ -206,7 +224,7 @@ def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
         )
         return Reloaded(reloaded=done.reloaded, reason=done.reason, serving=serving)
 
-    app = FastAPI(title="two-tower retrieval", lifespan=lifespan)
+    app = FastAPIOffline(title="two-tower retrieval", lifespan=lifespan)  # /docs: no CDN
     app.add_middleware(Counting, metrics=metrics)
 
     @app.exception_handler(Overloaded)
@@ -255,6 +273,63 @@ def create_app(service: Service, admin_token: str | None = None) -> FastAPI:
         except KeyError:
             raise HTTPException(404, f"item {item_id!r} is not in the catalogue") from None
         return {"item_id": item_id, "items": items, **_versions(pipeline)}
+
+    @app.get("/items/{item_id}/image", response_class=FileResponse, responses=IMAGE)
+    async def item_image(pipeline: Serving, item_id: ItemId) -> FileResponse:
+        """The item's image, out of the dataset's own files (only those the catalogue names)."""
+        path = pipeline.image_of(item_id)
+        if path is None or not path.is_file():
+            raise HTTPException(404, f"item {item_id!r} has no image")
+        media = IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        return FileResponse(path, media_type=media,
+                            headers={"Cache-Control": "public, max-age=86400"})  # fmt: skip
+
+    @app.get("/", response_class=HTMLResponse, responses={**PAGE, **OVERLOADED})
+    async def home(
+        pipeline: Serving,
+        user: str | None = Query(None, max_length=512, description="whose items to show"),
+        item: str | None = Query(None, max_length=512, description="whose similar items"),
+        k: int = Query(10, ge=1, le=100, description="how many items a row"),
+    ) -> HTMLResponse:
+        """A page: a user's recent items and recommendations, an item's similar items."""
+        view = page.View(
+            "two-tower retrieval",
+            _versions(pipeline),
+            user=user or "",
+            examples=pipeline.vocab.users.values[:5].tolist(),
+        )
+        status = 200
+        try:
+            if user:
+                await user_sections(pipeline, view, pipeline.parse_user(user), k)
+            if item:
+                await item_sections(pipeline, view, pipeline.parse_item(item), k)
+        except ValueError as err:  # an id the dataset cannot have (a RequestError too): the
+            view.error = str(err)  # page says why, beside the form to try again
+        except KeyError:
+            view.error, status = f"item {item!r} is not in the catalogue", 404
+        return HTMLResponse(page.render(view), status_code=status)
+
+    async def user_sections(pipeline: Pipeline, view: page.View, user_id: int | str,
+                            k: int) -> None:  # fmt: skip
+        rec = await service.recommend(pipeline, user_id, k, True)
+        recent = await service.run(pipeline.history, user_id, k)
+        shown = [pipeline.describe(i) for i in recent]
+        view.heading, view.source = f"user {user_id}", rec.source
+        view.sections += [
+            (f"recent items of user {user_id}", page.tiles(shown, pipeline.image_of, ranked=False)),
+            (f"top {k} recommended ({rec.source})", page.tiles(rec.items, pipeline.image_of)),
+        ]
+
+    async def item_sections(pipeline: Pipeline, view: page.View, item_id: int | str,
+                            k: int) -> None:  # fmt: skip
+        similar = await service.run(pipeline.similar, item_id, k)
+        described = pipeline.describe(item_id)
+        one = page.tiles([described], pipeline.image_of, ranked=False)
+        if not view.source:  # an item's page of its own, not below a user's
+            view.heading = f"items like {described['title']}"
+        near = page.tiles(similar, pipeline.image_of)
+        view.sections += [(f"item {item_id}", one), (f"{k} similar items", near)]
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:

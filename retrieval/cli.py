@@ -271,11 +271,12 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     user = _id(pipeline.parse_user, args.user_id)
     rec = pipeline.recommend(user, args.k, exclude_seen=not args.include_seen)
     print(f"user {user}: {rec.source}, model {pipeline.model_version}")
-    print(f"{'#':>3s} {'item':>10s} {'score':>8s} {'retrieval':>9s}  title")
+    print(f"{'#':>3s} {'item':>10s} {'chance':>7s} {'cosine':>7s} {'count':>7s}  title")
     for n, item in enumerate(rec.items, 1):
-        retrieval = "" if item["retrieval_score"] is None else f"{item['retrieval_score']:.4f}"
-        print(f"{n:>3d} {item['item_id']!s:>10s} {item['score']:>8.4f} {retrieval:>9s}  "
-              f"{item['title']}")  # fmt: skip
+        chance, cosine = ("" if item[n] is None else f"{item[n]:.4f}"
+                          for n in ("score", "retrieval_score"))  # fmt: skip
+        print(f"{n:>3d} {item['item_id']!s:>10s} {chance:>7s} {cosine:>7s} "
+              f"{item['popularity']:>7d}  {item['title']}")  # fmt: skip
 
 
 def _id(parse: Callable[[str], object], text: str) -> object:

@@ -10,17 +10,10 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no backend, no screen, no global state
 
 from retrieval.catalogue import read_meta
-from retrieval.pipeline import SERVICE, Pipeline
-from towers.features import online_rows
+from retrieval.pipeline import Pipeline
 
 TILE = (120, 180)  # image tiles, width x height in pixels
 PLACEHOLDER = 0.85  # grey of the tile where an item has no image
-
-
-def history(pipeline: Pipeline, user_id: int | str, k: int) -> list[int | str]:
-    """The user's most recent items (the online `recent_items` feature), newest first."""
-    row = online_rows(pipeline.store, SERVICE, "user_id", [user_id])[0]
-    return list(row.get("recent_items") or [])[:k]
 
 
 def tile(path: Path | None) -> np.ndarray:
@@ -62,7 +55,7 @@ def explain(pipeline: Pipeline, offline_dir: Path, user_id: int | str, path: Pat
             k: int = 10) -> dict:  # fmt: skip
     """Write the user's grid to `path`; returns what it shows."""
     meta = read_meta(offline_dir)
-    seen = history(pipeline, user_id, k)
+    seen = pipeline.history(user_id, k)
     rec = pipeline.recommend(user_id, k)
     shown = [
         (f"recently seen by user {user_id}", [_tile(pipeline, i, "") for i in seen]),

@@ -52,7 +52,7 @@ class PipelineConfig:
 @dataclass
 class Recommendation:
     user_id: int | str
-    items: list[dict]  # item_id, title, score, retrieval_score
+    items: list[dict]  # item_id, title, score, retrieval_score, popularity (`retrieval.api.Item`)
     source: str  # "personalized" or "popular"
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
 
@@ -124,7 +124,9 @@ class Pipeline:
         image = [n for n, kind in schema["items"].items() if kind == "image"]
         self.images = catalogue[image[0]].tolist() if image else [None] * len(catalogue)
         self.items = ranking.ranker_inputs(catalogue, self.vocab)
-        self.popular = np.argsort(-self.items["popularity"][:, 0].numpy(), kind="stable")
+        log_counts = self.items["popularity"][:, 0].numpy()  # log1p(interactions)
+        self.counts = np.rint(np.expm1(log_counts)).astype(np.int64).tolist()
+        self.popular = np.argsort(-log_counts, kind="stable")
         self.breaker = Breaker(self.cfg.retry_after)
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
         torch.set_num_threads(1)
@@ -174,9 +176,10 @@ class Pipeline:
         if not len(rows):
             return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "rerank"):
-            final = self._rerank(x, torch.from_numpy(rows), scores)
-        best = np.argsort(-final, kind="stable")[:k]
-        items = [self._item(int(rows[j]), float(final[j]), float(scores[j])) for j in best]
+            chances = self._rerank(x, torch.from_numpy(rows), scores)
+        best = np.argsort(-(scores if chances is None else chances), kind="stable")[:k]
+        items = [self._item(int(rows[j]), None if chances is None else float(chances[j]),
+                            float(scores[j])) for j in best]  # fmt: skip
         return Recommendation(user_id, items, "personalized", seconds)
 
     def _features(self, user_id: int | str, seconds: dict[str, float]) -> dict | None:
@@ -196,21 +199,21 @@ class Pipeline:
         self.breaker.succeeded()
         return row
 
-    def _rerank(self, x: dict, rows: torch.Tensor, retrieval: np.ndarray) -> np.ndarray:
+    def _rerank(self, x: dict, rows: torch.Tensor, retrieval: np.ndarray) -> np.ndarray | None:
+        """The ranker's probability of each candidate (the sigmoid of its Platt-scaled logit);
+        None without a ranker."""
         if self.ranker is None:
-            return retrieval
+            return None
         with torch.inference_mode():
             item = take(self.items, rows)
-            return self.ranker.score(x, item, torch.from_numpy(retrieval)).numpy()
+            return torch.sigmoid(self.ranker.score(x, item, torch.from_numpy(retrieval))).numpy()
 
     def popular_items(
         self, user_id: int | str, k: int, seen: set[int], seconds: dict[str, float] | None = None
     ) -> Recommendation:
-        """The k most popular items the user has not seen (`seen`: catalogue rows; scores: log
-        counts)."""
+        """The k most popular items the user has not seen (`seen`: catalogue rows)."""
         picked = [r for r in self.popular[: k + len(seen)] if int(r) not in seen]
-        pop = self.items["popularity"][:, 0]
-        items = [self._item(int(r), float(pop[r]), None) for r in picked[:k]]
+        items = [self._item(int(r), None, None) for r in picked[:k]]
         return Recommendation(user_id, items, "popular", seconds or {})
 
     def similar(self, item_id: int | str, k: int = 10) -> list[dict]:
@@ -222,7 +225,7 @@ class Pipeline:
         query = self.embeddings[row : row + 1]
         ((rows, scores),) = index.search_excluding(self.index, self.index_params, query, k,
                                                    [np.array([row])])  # fmt: skip
-        return [self._item(int(r), float(s), float(s)) for r, s in zip(rows, scores, strict=True)]
+        return [self._item(int(r), None, float(s)) for r, s in zip(rows, scores, strict=True)]
 
     def canary(self) -> None:
         """One request through every stage, checked: a bundle that cannot answer is refused
@@ -233,9 +236,27 @@ class Pipeline:
         if len(rec.items) != min(5, len(self.item_ids)) or (rows < 0).any():
             raise TTRError(f"version {self.model_version}: its canary request answered "
                            f"{len(rec.items)} items, some outside the catalogue")  # fmt: skip
-        scores = [item["score"] for item in rec.items]
+        named = ("score", "retrieval_score")
+        scores = [it[n] for it in rec.items for n in named if it[n] is not None]
         if not np.isfinite(scores).all():
             raise TTRError(f"version {self.model_version}: its canary request scored NaN")
+
+    def history(self, user_id: int | str, k: int) -> list[int | str]:
+        """The user's most recent items (the online `recent_items` feature), newest first; none
+        where the store does not know the user or does not answer."""
+        row = self._features(user_id, {})
+        return list((row or {}).get("recent_items") or [])[:k]
+
+    def describe(self, item_id: int | str) -> dict:
+        """The item's id and title (its id where the catalogue lacks it or has no title)."""
+        row = self.row(item_id)
+        return {"item_id": item_id, "title": (self.titles[row] if row >= 0 else "") or
+                str(item_id)}  # fmt: skip
+
+    def image_of(self, item_id: int | str) -> Path | None:
+        """The image file the dataset names for the item, if it has one."""
+        row = self.row(item_id)
+        return self.image(row) if row >= 0 else None
 
     def image(self, row: int) -> Path | None:
         """The image file of the item at catalogue row `row`, if it has one."""
@@ -250,9 +271,9 @@ class Pipeline:
         """Whether the online store answers (the breaker is closed)."""
         return self.breaker.closed
 
-    def _item(self, row: int, score: float, retrieval: float | None) -> dict:
+    def _item(self, row: int, score: float | None, retrieval: float | None) -> dict:
         return {"item_id": self.item_ids[row], "title": self.titles[row], "score": score,
-                "retrieval_score": retrieval}  # fmt: skip
+                "retrieval_score": retrieval, "popularity": self.counts[row]}  # fmt: skip
 
 
 def item_features(feast_store: FeatureStore, bundle: Bundle) -> pd.DataFrame:

@@ -6,6 +6,10 @@ towers."""
 from __future__ import annotations
 
 import json
+import re
+import urllib.error
+import urllib.request
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +146,53 @@ def test_the_committed_example_spec_is_the_one_the_readme_shows():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     shipped = Path(__file__).resolve().parent.parent / "retrieval" / "specs" / "amazon-hin.yaml"
     assert "retrieval/specs/amazon-hin.yaml" in readme and shipped.is_file()
+
+
+def page_titles(html: str, heading: str) -> list[str]:
+    """The tiles' titles (rank prefix dropped) in the section under `heading` of the page."""
+    section = html.split(f"<h2>{heading}</h2>", 1)[1].split("<h2>", 1)[0]
+    titles = re.findall(r'<div class="title">(?:\d+\. )?(.*?)</div>', section)
+    return [unescape(t) for t in titles]
+
+
+def fetch(base: str, path: str) -> tuple[int, bytes, dict]:
+    try:
+        with urllib.request.urlopen(base + path, timeout=30) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, err.read(), dict(err.headers)
+
+
+def test_the_page_shows_recommendations_and_similar_items_as_tiles(shop_world):
+    """The page over the shop (string ids, titles, pictures for three items in four): the tiles
+    are the API's answers, pictures come from the dataset's files, the rest are title tiles."""
+    repo, root, folder = shop_world
+    process, base = serve(repo, root)
+    try:
+        status, body, headers = fetch(base, "/?user=C0007&k=5")
+        html = body.decode()
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        assert len(body) < 100_000 and "<script" not in html and "http" not in html
+        answer = get(base, "/recommend/C0007?k=5")[1]
+        assert page_titles(html, "top 5 recommended (personalized)") == [
+            item["title"] for item in answer["items"]
+        ]
+        assert 'id="source">personalized<' in html and answer["model_version"] in html
+        shown = re.findall(r'data-item="(\w+)"><(img|div)', html)
+        assert shown and all((tag == "img") == (int(sku[1:6]) % 4 != 3) for sku, tag in shown)
+        pictured = next(sku for sku, tag in shown if tag == "img")
+        status, image, headers = fetch(base, f"/items/{pictured}/image")
+        assert status == 200 and headers["content-type"] == "image/png"
+        assert image == (folder / "images" / f"{pictured}.png").read_bytes()
+        assert "max-age" in headers["cache-control"]
+        assert fetch(base, f"/items/{shop.sku(3)}/image")[0] == 404  # no picture
+        assert fetch(base, "/items/..%2F..%2Fspec.yaml/image")[0] in (404, 422)
+        html = fetch(base, f"/?item={shop.sku(0)}")[1].decode()
+        similar = get(base, f"/similar/{shop.sku(0)}?k=10")[1]
+        assert page_titles(html, "10 similar items") == [i["title"] for i in similar["items"]]
+        status, body, _ = fetch(base, "/?user=NOSUCH")
+        assert status == 200 and 'id="source">popular<' in body.decode()
+        status, body, _ = fetch(base, "/?item=NOSUCH")
+        assert status == 404 and "not in the catalogue" in body.decode()
+    finally:
+        stop(process)

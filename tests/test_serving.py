@@ -68,8 +68,8 @@ def test_recommend_returns_k_distinct_unseen_known_items(server):
         assert len(ids) == 7 == len(set(ids)) and set(ids) <= catalogue
         assert not set(ids) & history(inter, user)
         assert all(item["retrieval_score"] is not None and item["title"] for item in body["items"])
-        scores = [item["score"] for item in body["items"]]
-        assert scores == sorted(scores, reverse=True)
+        scores = [item["score"] for item in body["items"]]  # the ranker's chances
+        assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
     status, body = get(base, "/recommend/1?k=50&exclude_seen=false")
     assert status == 200 and set(i["item_id"] for i in body["items"]) & history(inter, 1)
 
@@ -80,6 +80,9 @@ def test_unknown_user_gets_popular_items(server):
     assert status == 200 and body["source"] == "popular" and len(body["items"]) == 5
     top = inter[inter["split"] != "test"]["item_id"].value_counts().index[:5].tolist()
     assert [item["item_id"] for item in body["items"]] == top
+    counts = inter[inter["split"] != "test"]["item_id"].value_counts()
+    assert [item["popularity"] for item in body["items"]] == counts.iloc[:5].tolist()
+    assert all(item["score"] is None is item["retrieval_score"] for item in body["items"])
 
 
 @pytest.mark.parametrize(
