@@ -326,6 +326,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_quickstart(args: argparse.Namespace) -> None:
     """The whole path on the embedded default: data, features, towers, index, ranker, metrics,
     one user's recommendations, and the command that serves them."""
+    began = time.perf_counter()
+    for step in quickstart_steps(args):
+        print(f"$ ttr {' '.join(step)}")
+        start = time.perf_counter()
+        _dispatch(build_parser().parse_args([*step, "--repo", str(args.repo)]))
+        print(f"  ({time.perf_counter() - start:.0f} s)")
+    print(f"\nthe whole path: {(time.perf_counter() - began) / 60:.1f} min")
+    served = f" --online-store {args.online_store}" if args.online_store else ""
+    print(f"\nserve it: ttr serve --repo {args.repo} --artifacts {artifacts_root(args)}{served} "
+          "--port 8000\n"
+          f"then:     open http://127.0.0.1:8000/?user={args.user} in a browser, or\n"
+          f"          curl 'http://127.0.0.1:8000/recommend/{args.user}?k=10'")  # fmt: skip
+
+
+def quickstart_steps(args: argparse.Namespace) -> list[list[str]]:
+    """The commands `ttr quickstart` runs, in order, each with the online store it was given."""
     art = ["--artifacts", str(artifacts_root(args))]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     source = ["--spec", args.spec] if args.spec else ["--dataset", args.dataset]
@@ -340,16 +356,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
         ["evaluate", "--no-retrain", *art],
         ["recommend", str(args.user), *art],
     ]
-    began = time.perf_counter()
-    for step in steps:
-        print(f"$ ttr {' '.join(step)}")
-        start = time.perf_counter()
-        _dispatch(build_parser().parse_args([*step, "--repo", str(args.repo)]))
-        print(f"  ({time.perf_counter() - start:.0f} s)")
-    print(f"\nthe whole path: {(time.perf_counter() - began) / 60:.1f} min")
-    print(f"\nserve it: ttr serve --repo {args.repo} --artifacts {artifacts_root(args)} "
-          "--port 8000\n"
-          f"then:     curl 'http://127.0.0.1:8000/recommend/{args.user}?k=10'")  # fmt: skip
+    online = ["--online-store", args.online_store] if args.online_store else []
+    return [step if step[0] in ("data", "content") else [*step, *online] for step in steps]
 
 
 def _check_k(k: int) -> None:
@@ -531,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, metavar="DIR", help="as for `ttr data`")
     p.add_argument("--user", default="1", help="whose recommendations to show (default: 1)")
     _artifacts(p)
-    _common(p, online=False)
+    _common(p)
     p.set_defaults(func=cmd_quickstart)
     return parser
 

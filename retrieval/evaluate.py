@@ -170,6 +170,16 @@ def group(top: np.ndarray | list, proto: Protocol, mask: np.ndarray) -> dict:
     return {"users": len(part), **(metrics.report(part, rel, K_VALUES) if part else {})}
 
 
+def activity_note(groups: dict) -> str:
+    """What the "LO-HI items" rows are, and why there may be fewer than ACTIVITY_GROUPS."""
+    note = (f"'LO-HI items': users by their count of earlier items, in {ACTIVITY_GROUPS} groups "
+            "of equal size")  # fmt: skip
+    if len(groups) < ACTIVITY_GROUPS:
+        note += (f" ({len(groups)} here: where many users share a count, as the users with no "
+                 "history do, the groups that would split them merge)")  # fmt: skip
+    return note
+
+
 def by_activity(top: np.ndarray | list, proto: Protocol, parts: int = ACTIVITY_GROUPS) -> dict:
     """Metrics per group of users by their count of items before the test ("LO-HI", quantile
     groups): a model can lead on light users and trail on heavy ones, whose many test items weigh
@@ -495,6 +505,7 @@ def table(result: dict) -> str:
                    for span, v in res.get("by_activity", {}).items()]  # fmt: skip
         rows += [(name + label, v) for label, v in [("", res), *groups] if "recall@10" in v]
     title = f"{result['dataset']} ({split_['kind']} split, {split_['test_users']} test users)"
+    title += "; " + activity_note(next(iter(result["models"].values())).get("by_activity", {}))
     sections = [(title, rows)]
     if "ablation" in result:
         sections.append(("ablation: the item tower on", list(result["ablation"].items())))

@@ -178,3 +178,18 @@ def test_boolean_flags_read_false_as_false(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--refit", "maybe"])
     assert "'maybe' is not a boolean" in capsys.readouterr().err
+
+
+def test_quickstart_hands_its_online_store_to_every_step_that_uses_one(tmp_path):
+    from retrieval.cli import build_parser, quickstart_steps
+
+    repo = ["--repo", str(tmp_path)]
+    args = build_parser().parse_args(["quickstart", *repo, "--online-store", "redis://h:6379"])
+    steps = quickstart_steps(args)
+    assert [s[0] for s in steps] == ["data", "content", "apply", "materialize", "train", "index",
+                                     "train-ranker", "evaluate", "recommend"]  # fmt: skip
+    for step in steps:
+        assert ("redis://h:6379" in step) == (step[0] not in ("data", "content"))
+        build_parser().parse_args(step)  # every step takes the flags it is given
+    plain = quickstart_steps(build_parser().parse_args(["quickstart", *repo]))
+    assert not any("--online-store" in step for step in plain)

@@ -35,3 +35,11 @@ def test_report_keys():
 def test_a_short_list_counts_as_misses():
     assert metrics.recall_at_k([[2]], [{2, 9}], 4) == 0.5
     assert metrics.precision_at_k([[2]], [{2, 9}], 4) == 0.25
+
+
+def test_the_table_says_why_it_shows_fewer_activity_groups():
+    from retrieval.evaluate import ACTIVITY_GROUPS, activity_note
+
+    four = {f"{i}-{i}": {} for i in range(ACTIVITY_GROUPS)}
+    assert "here" not in activity_note(four)
+    assert "(2 here: where many users share a count" in activity_note({"0-101": {}, "102-608": {}})
