@@ -273,8 +273,8 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     print(f"user {user}: {rec.source}, model {pipeline.model_version}")
     print(f"{'#':>3s} {'item':>10s} {'chance':>7s} {'cosine':>7s} {'count':>7s}  title")
     for n, item in enumerate(rec.items, 1):
-        chance, cosine = ("" if item[n] is None else f"{item[n]:.4f}"
-                          for n in ("score", "retrieval_score"))  # fmt: skip
+        chance, cosine = ("" if item[name] is None else f"{item[name]:.4f}"
+                          for name in ("score", "retrieval_score"))  # fmt: skip
         print(f"{n:>3d} {item['item_id']!s:>10s} {chance:>7s} {cosine:>7s} "
               f"{item['popularity']:>7d}  {item['title']}")  # fmt: skip
 

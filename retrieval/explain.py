@@ -69,7 +69,4 @@ def explain(pipeline: Pipeline, offline_dir: Path, user_id: int | str, path: Pat
 
 def _tile(pipeline: Pipeline, item_id: int | str, prefix: str) -> tuple[Path | None, str]:
     """(the item's image, its caption: its title, else its id)."""
-    row = pipeline.row(item_id)
-    if row < 0:
-        return None, f"{prefix}{item_id}"
-    return pipeline.image(row), f"{prefix}{pipeline.titles[row] or item_id}"
+    return pipeline.image_of(item_id), prefix + pipeline.describe(item_id)["title"]

@@ -256,11 +256,7 @@ class Pipeline:
     def image_of(self, item_id: int | str) -> Path | None:
         """The image file the dataset names for the item, if it has one."""
         row = self.row(item_id)
-        return self.image(row) if row >= 0 else None
-
-    def image(self, row: int) -> Path | None:
-        """The image file of the item at catalogue row `row`, if it has one."""
-        path = self.images[row]
+        path = self.images[row] if row >= 0 else None
         return Path(path) if isinstance(path, str) and path else None
 
     def row(self, item_id: int | str) -> int:
