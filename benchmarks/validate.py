@@ -47,18 +47,20 @@ def curve(prof: store.Profile, change: dict, epochs: int, dim: int) -> dict:
 
 def ials(prof: store.Profile) -> dict:
     """iALS tuned as `ttr evaluate` tunes it, on the same split's validation rows."""
+    meta = read_meta(prof.offline_dir)
     inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
-    sp = training.split(inter, read_meta(prof.offline_dir)["dataset"], training.SplitConfig())
-    items = pq.read_table(prof.offline_dir / "item_content.parquet", columns=["item_id"])
-    row_of = training.rows_of(items["item_id"].to_pylist())
-    return evaluate.ials_grid(sp, row_of, evaluate.EvalConfig())
+    sp = training.split(inter, meta["schema"]["split"], training.SplitConfig())
+    vocab = training.world_of(prof, sp, meta).vocab
+    return evaluate.ials_grid(sp, vocab, evaluate.EvalConfig())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--dim", type=int, default=TrainConfig.dim, help="the towers' width")
+    parser.add_argument(
+        "--dim", type=int, default=TrainConfig.dim, help="the towers' width (0: from the data)"
+    )
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "validate.json"))
     args = parser.parse_args()

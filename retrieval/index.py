@@ -1,8 +1,9 @@
 """FAISS behind one small module: an index is a factory string plus its search parameters.
 
-Inner product over unit vectors is cosine. Small catalogues get exact `IDMap,Flat`; large ones
-`IVF{nlist},Flat`, whose `nprobe` is raised at build time until recall@k against exact search on
-held-out queries reaches the target.
+Inner product over unit vectors is cosine. Small catalogues get exact `IDMap,Flat`; large ones an
+inverted file, `IVF{nlist},Flat` where the vectors fit the memory budget, else their codes:
+`SQ8` (a byte a dimension), else `PQ{m}` (m bytes a vector). Its `nprobe` is raised at build
+time until recall@k against exact search on held-out queries reaches the target.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from retrieval.errors import TTRError
 
 INDEX, EMBEDDINGS, INFO = "index.faiss", "embeddings.npy", "index.json"
 EXACT_UP_TO = 50_000  # catalogue size served by exact search
+ID_BYTES = 8  # an inverted list stores each vector's int64 id beside its code
 TRAIN_PER_LIST = 64  # k-means sample per inverted list (faiss warns below 39)
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    factory: str = ""  # empty: chosen from the catalogue size
+    factory: str = ""  # empty: chosen from the catalogue's size and the memory budget
+    memory_gb: float = 4.0  # the most the index's vectors and ids may take; above it they are
+    # compressed (SQ8, then PQ)
     recall_target: float = 0.95  # recall@k against exact search the index must reach
     k: int = 100
     queries: int = 1_000  # held-out queries for the recall check
@@ -44,10 +48,22 @@ class Built:
     recall: float  # measured recall@k against exact search (1.0 for exact)
 
 
-def choose_factory(n: int) -> str:
+def choose_factory(n: int, d: int = 64, budget_gb: float = IndexConfig.memory_gb) -> str:
+    """Exact search up to EXACT_UP_TO vectors; above, an inverted file with about 4 sqrt(n)
+    lists, holding the least compressed codes whose n codes and ids fit in `budget_gb`: the
+    vectors (4 d bytes each), SQ8 (d bytes) or PQ{m} (m bytes, m dividing d, at least 4)."""
     if n <= EXACT_UP_TO:
         return "IDMap,Flat"
-    return f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))},Flat"
+    lists = f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))}"
+    budget = budget_gb * 1e9
+    codes = [("Flat", 4 * d), ("SQ8", d)] + [(f"PQ{m}", m) for m in range(d // 2, 3, -1)
+                                             if d % m == 0]  # fmt: skip
+    for name, size in codes:
+        if n * (size + ID_BYTES) <= budget:
+            return f"{lists},{name}"
+    least = n * (codes[-1][1] + ID_BYTES) / 1e9
+    raise TTRError(f"{n:,} vectors of {d} need at least {least:.2f} GB as {codes[-1][0]} codes; "
+                   f"the index memory budget is {budget_gb:g} GB (--memory-gb)")  # fmt: skip
 
 
 def check_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -79,7 +95,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def build(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, cfg: IndexConfig) -> Built:
     vectors = check_vectors(vectors)
     queries = check_vectors(queries, vectors.shape[1])
-    factory = cfg.factory or choose_factory(len(vectors))
+    factory = cfg.factory or choose_factory(len(vectors), vectors.shape[1], cfg.memory_gb)
     index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sparse
 
-from retrieval import artifacts, atomic, content
+from retrieval import adapt, artifacts, atomic, content
 from retrieval.catalogue import META
 from retrieval.errors import TTRError
 from retrieval.reader import Dataset, Schema, by_user_and_time
@@ -52,14 +52,16 @@ ID_TYPES = {"int64": pa.int64(), "string": pa.string()}
 @dataclass(frozen=True)
 class FeatureConfig:
     activity_bucket: Literal["day", "hour"] = "day"  # one user_activity row per active bucket
-    recent_items: int = 20  # length of the user's recent-items list (most recent first)
+    recent_items: int = 0  # length of the user's recent-items list (most recent first); 0:
+    # chosen from the data (retrieval/adapt.py: 20 where rows have a time order, else most users'
+    # whole history), the choice and its reason in dataset.json
     seen_items: int = 2000  # cap on user_history's list of every item so far (serving drops them)
 
     def __post_init__(self) -> None:
         if self.activity_bucket not in BUCKETS:
             raise TTRError(f"activity bucket {self.activity_bucket!r}: choose day or hour")
-        if min(self.recent_items, self.seen_items) < 1:
-            raise TTRError("recent items and seen items must be at least 1")
+        if self.recent_items < 0 or self.seen_items < 1:
+            raise TTRError("recent items must be at least 0 (chosen), seen items at least 1")
 
 
 TS = pa.timestamp("us", tz="UTC")  # DuckDB's offline store wants microseconds
@@ -137,6 +139,15 @@ def _by_weight(cells: list[list[str]], weight: np.ndarray) -> list[str]:
     return sorted(total.index, key=lambda v: (-total[v], v))
 
 
+def _chosen(cfg: FeatureConfig, feat: pd.DataFrame) -> tuple[FeatureConfig, dict]:
+    """`cfg` with what it leaves to the data chosen by its rule (the choice and reason beside)."""
+    if cfg.recent_items:
+        return cfg, {"recent_items": {"value": cfg.recent_items, "reason": "given"}}
+    per_user = feat["user_id"].value_counts().to_numpy()
+    choice = adapt.recent_items(per_user, ordered=feat["timestamp"].nunique() > 1)
+    return replace(cfg, recent_items=choice.value), {"recent_items": choice.to_json()}
+
+
 def _cells(column: pd.Series) -> list[list[str]]:
     """Each cell as a list of values: a categorical's one value, a multi-categorical's list."""
     return [[] if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
@@ -158,6 +169,7 @@ def build(ds: Dataset, cfg: FeatureConfig | None = None, vectors: pa.Table | Non
     items = ds.items.sort_values("item_id", kind="stable").reset_index(drop=True)
     users = ds.users.sort_values("user_id", kind="stable").reset_index(drop=True)
     shares = Shares.fit(items, ds.schema.items, feat)
+    cfg, choices = _chosen(cfg, feat)
     meta = {
         "dataset": ds.name,
         "schema": ds.schema.to_json(),
@@ -167,6 +179,7 @@ def build(ds: Dataset, cfg: FeatureConfig | None = None, vectors: pa.Table | Non
         "counts": {"users": len(users), "items": len(items), "interactions": len(inter)},
         "recent_items": cfg.recent_items,
         "activity_bucket": cfg.activity_bucket,
+        "choices": choices,
         "report": ds.report.lines,
     }
     schema = ds.schema

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from retrieval import artifacts, content, store
+from retrieval import adapt, artifacts, content, store
 from retrieval.catalogue import catalogue_frame, read_meta, stored_ids
 from retrieval.errors import TTRError
 from retrieval.offline import (
@@ -216,6 +216,8 @@ class Fitted:
     seconds: float
     before_refit: tuple[UserTower, ItemTower] | None  # the early-stopped towers, if refit after
     world: World
+    cfg: TrainConfig  # as run: what it left to the data chosen
+    choices: dict  # every choice the data made (the dataset's and training's), with its reason
 
 
 def modalities_of(vocab: Vocab) -> tuple[str, ...]:
@@ -277,6 +279,7 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
         raise TTRError(f"{meta['dataset']}: the split leaves no training or validation rows")
     world = world_of(prof, sp, meta, hidden, shapes)
     modalities = modalities or modalities_of(world.vocab)
+    cfg, choices = chosen(cfg, sp)
     began = time.perf_counter()
     validation = validation_set(world, sp)
     user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities,
@@ -290,7 +293,20 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
                                                           progress)  # fmt: skip
     seconds = time.perf_counter() - began
     return Fitted(user_tower, item_tower, result, world.vocab, sp, meta, seconds, before_refit,
-                  world)  # fmt: skip
+                  world, cfg, {**meta.get("choices", {}), **choices})  # fmt: skip
+
+
+def chosen(cfg: TrainConfig, sp: Split) -> tuple[TrainConfig, dict]:
+    """`cfg` with what it leaves to the data chosen by its rule (the choices and reasons beside)."""
+    rows = len(sp.train)
+    rules = {"dim": lambda: adapt.width(rows), "epochs": lambda: adapt.epochs(rows, cfg.refit)}
+    choices = {}
+    for name, rule in rules.items():
+        given = getattr(cfg, name)
+        choice = adapt.Choice(given, "given") if given else rule()
+        cfg = dataclasses.replace(cfg, **{name: choice.value})
+        choices[name] = choice.to_json()
+    return cfg, choices
 
 
 def towers_for(vocab: Vocab, cfg: TrainConfig, modalities: tuple[str, ...],
@@ -340,7 +356,7 @@ def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfi
     f = fit(prof, cfg, split_cfg, progress=progress)
     info = {
         "dataset": f.meta["dataset"], "data_time_range": [f.meta["start"], f.meta["end"]],
-        "split": _split_info(f.split, split_cfg), "train": asdict(cfg),
+        "split": _split_info(f.split, split_cfg), "train": asdict(f.cfg), "choices": f.choices,
         "item_inputs": list(f.item_tower.config.modalities),
         "content": content.info(prof.offline_dir),
         "seconds": f.seconds, "metrics": f.result,

@@ -57,6 +57,30 @@ def test_ivf_meets_its_recall_floor_on_held_out_queries():
     )  # holds on new queries
 
 
+def test_the_memory_budget_picks_the_least_compressed_codes_that_fit():
+    n, d = 10_000_000, 64  # vectors 2.56 GB, SQ8 0.64 GB, PQ32 0.32 GB, ids 0.08 GB
+    assert index.choose_factory(40_000, d, 0.001) == "IDMap,Flat"  # exact, whatever the budget
+    assert index.choose_factory(n, d, 4.0) == "IVF16384,Flat"
+    assert index.choose_factory(n, d, 1.0) == "IVF16384,SQ8"
+    assert index.choose_factory(n, d, 0.5) == "IVF16384,PQ32"
+    assert index.choose_factory(n, d, 0.2) == "IVF16384,PQ8"
+    with pytest.raises(TTRError, match=r"at least 0.12 GB as PQ4 codes.*0.1 GB \(--memory-gb\)"):
+        index.choose_factory(n, d, 0.1)
+
+
+@pytest.mark.parametrize(("budget_gb", "factory", "floor"),
+                         [(0.003, "IVF1024,SQ8", 0.95), (0.0015, "IVF1024,PQ16", 0.8)])  # fmt: skip
+def test_compressed_codes_meet_their_recall_target(budget_gb, factory, floor):
+    """60k vectors of 32: 8.2 MB as vectors and ids, 2.4 MB as SQ8, 1.4 MB as PQ16."""
+    vectors = clustered(60_000, 32, 200, 2)
+    held_out, fresh = clustered(300, 32, 200, 3), clustered(300, 32, 200, 4)
+    cfg = index.IndexConfig(k=10, recall_target=floor, memory_gb=budget_gb)
+    built = index.build(vectors, np.arange(60_000), held_out, cfg)
+    assert built.factory == factory and built.recall >= floor
+    found = index.search(built.index, built.params, fresh, 10)[1]
+    assert index.recall(found, index.exact_top_k(vectors, fresh, 10)) >= floor - 0.03
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
     [(np.full((3, 8), np.nan, dtype=np.float32), "NaN"), (np.ones((3, 8, 1)), "shape")],

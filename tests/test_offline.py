@@ -7,11 +7,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from retrieval import offline, reader
+from retrieval import adapt, offline, reader
 from retrieval.synthetic import SyntheticConfig, load
 
 DAY = pd.Timedelta(days=1)
-RECENT = offline.FeatureConfig().recent_items
+RECENT = adapt.RECENT_ORDERED  # what the rule chooses on rows in time order
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_activity_from_rows_is_the_store_had_only_they_happened(world, bucket):
     what the store's rows of that subset say (every bucket that ended by t); users with none of
     them yet have no history."""
     ds, _ = world
-    cfg = offline.FeatureConfig(activity_bucket=bucket)
+    cfg = offline.FeatureConfig(activity_bucket=bucket, recent_items=RECENT)
     kept = ds.interactions[ds.interactions["item_id"] % 3 != 0]  # a third of the items gone
     kept = kept.sort_values("timestamp", kind="stable")
     rows = kept.rename(columns={"timestamp": "event_timestamp"})

@@ -12,15 +12,17 @@ from towers import metrics
 from towers.item_tower import ItemTower
 from towers.losses import sampled_softmax_loss
 from towers.progress import Progress, Step, report, say
-from towers.user_tower import UserTower, UserTowerConfig
+from towers.user_tower import UserTower
 
 Inputs = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30
-    dim: int = UserTowerConfig.dim  # both towers' output width (ml-1m takes 128 better)
+    epochs: int = 0  # at most; 0: chosen from the training rows (`ttr train`: retrieval/adapt.py,
+    # 30 where they fit a budget of examples, fewer on larger data)
+    dim: int = 0  # both towers' output width; 0: chosen from the training rows (`ttr train`:
+    # retrieval/adapt.py, 64 or 128; the towers' own default is UserTowerConfig.dim)
     batch_size: int = 1024
     lr: float = 3e-3
     weight_decay: float = 1e-6
@@ -173,7 +175,7 @@ def train(
     weights = user_weights(users["user"], cfg.user_weight)
     positives = Positives(users["user"], item_rows, n_items, times) if cfg.mask_seen else None
     best = {"recall": -1.0, "epoch": -1, "state": None}
-    history = []
+    history, stopped = [], "epochs"
     for epoch in range(cfg.epochs):
         user_tower.train()
         item_tower.train()
@@ -219,10 +221,11 @@ def train(
             state = (copy.deepcopy(user_tower.state_dict()), copy.deepcopy(item_tower.state_dict()))
             best = {**scores, "epoch": epoch + 1, "state": state}
         elif epoch + 1 - best["epoch"] >= cfg.patience:
+            stopped = "patience"
             break
     if validation is None:
         return {"epochs": cfg.epochs, "history": history}
     user_tower.load_state_dict(best["state"][0])
     item_tower.load_state_dict(best["state"][1])
     return {"best_epoch": best["epoch"], f"val_recall@{cfg.k}": best["recall"],
-            f"val_ndcg@{cfg.k}": best["ndcg"], "history": history}  # fmt: skip
+            f"val_ndcg@{cfg.k}": best["ndcg"], "stopped": stopped, "history": history}  # fmt: skip

@@ -1,0 +1,58 @@
+"""The defaults that depend on the data: rules from its size and shape, each choice returned with
+its reason, so that the dataset's meta and the trained version's manifest say what was chosen
+and why. A flag given by the user wins over every rule here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RECENT_ORDERED = 20  # recent items where rows carry time order (ml-100k and amazon-hin validate it)
+RECENT_QUANTILE = 0.9  # where they carry none: this quantile of the users' history lengths,
+RECENT_RANGE = (20, 200)  # clipped to this range (ml-1m: 399 -> 200; recall@20 0.2568 at 20,
+# 0.2644 at 200 and 128 wide)
+WIDE_FROM = 500_000  # training rows from which the towers are WIDE, else NARROW wide (ml-100k
+WIDE, NARROW = 128, 64  # validation 0.1120 at 64 / 0.1034 at 128; ml-1m 0.2357 / 0.2379)
+EPOCHS = (5, 30)  # the fewest and most epochs the rule chooses
+EXAMPLES = 27_000_000  # training examples the validated run and the refit may see together: 14
+# minutes at ml-1m's 128-wide rate on 2 cores (36k examples/s, validation included)
+REFIT_ROWS = 1 / 0.9  # a refit epoch's rows against a validated one's (10% held out)
+
+
+@dataclass(frozen=True)
+class Choice:
+    value: int
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"value": self.value, "reason": self.reason}
+
+
+def recent_items(per_user: np.ndarray, ordered: bool) -> Choice:
+    """The length of each user's recent-items list, from `per_user` (each user's number of
+    training rows). Where rows have a time order, the most recent RECENT_ORDERED; where they have
+    none, "recent" is an arbitrary draw, so the list holds most users' whole history."""
+    if ordered:
+        return Choice(RECENT_ORDERED, "rows carry a time order: the most recent items")
+    wanted = float(np.quantile(per_user, RECENT_QUANTILE)) if len(per_user) else 0.0
+    value = int(np.clip(round(wanted), *RECENT_RANGE))
+    return Choice(value, f"rows carry no time order: the whole history of {RECENT_QUANTILE:.0%} "
+                         f"of users ({wanted:.0f} items), within {RECENT_RANGE}")  # fmt: skip
+
+
+def width(training_rows: int) -> Choice:
+    """Both towers' output width, from the number of training rows."""
+    if training_rows >= WIDE_FROM:
+        return Choice(WIDE, f"{training_rows:,} training rows, at least {WIDE_FROM:,}")
+    return Choice(NARROW, f"{training_rows:,} training rows, fewer than {WIDE_FROM:,}")
+
+
+def epochs(training_rows: int, refit: bool) -> Choice:
+    """The most epochs the validated run may take (early stopping ends it sooner), so that it
+    and the refit of as many epochs see at most EXAMPLES examples."""
+    per_epoch = training_rows * (1 + REFIT_ROWS if refit else 1)
+    value = int(np.clip(EXAMPLES // max(per_epoch, 1), *EPOCHS))
+    refit_note = " (and about as many again in the refit)" * refit
+    return Choice(value, f"{training_rows:,} training rows an epoch{refit_note}: {EXAMPLES:,} "
+                         f"examples in all allow {value} epochs, kept within {EPOCHS}")  # fmt: skip
