@@ -1,12 +1,16 @@
 """Training-loop benchmark: examples/s of the two towers at ml-1m's shape, against id-only towers.
 
-    python benchmarks/train.py [--examples 200000] [--dim 128] [--repeats 3] [--out FILE]
+    python benchmarks/train.py [--examples 200000] [--dim 128] [--items 3953] [--recent 200]
+        [--sparse-from 100000] [--repeats 3] [--out FILE]
 
 Inputs are random tensors shaped as `ttr train` builds them for ml-1m (3,953 item ids, 18 genres,
-20 recent items, title tokens, or the pretrained encoders' 384-d text and 1,280-d image vectors
-where `ttr content` ran), so the loop is measured apart from Feast. The baseline in the same run is
-the same loop with id-only item towers (no categorical or text inputs), and the last variant
-trains the full towers without masking each row's user's items out of its negatives
+200 recent items, hashed title words, or the pretrained encoders' 384-d text and 1,280-d image
+vectors where `ttr content` ran), so the loop is measured apart from Feast. `--items` sets the
+catalogue's size (from `towers.nn.SPARSE_FROM` items the id tables are sparse, as `ttr train`
+makes them; `--sparse-from` moves that line, to measure dense tables there); variants whose
+image vectors would take more than 2 GB are left out. The baseline in the same run is the same
+loop with id-only item towers (no categorical or text inputs), and the last variant trains the
+full towers without masking each row's user's items out of its negatives
 (`--mask-seen false`: what the masks cost); an ml-1m epoch is 800,000 examples less the
 validation share, 720,000. The variants run in turn, `--repeats` rounds, and each reports its
 best round: the machine is shared, and what slows a round is other work on it.
@@ -26,13 +30,18 @@ from pathlib import Path
 import torch
 
 import towers
+import towers.nn
+from towers.inputs import TEXT_BUCKETS
 from towers.item_tower import ItemTower, ItemTowerConfig
 from towers.train import TrainConfig, Validation, train
 from towers.user_tower import UserTower, UserTowerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-ITEMS, GENRES, USERS, EPOCH = 3_953, 18, 6_040, 720_000
+GENRES, USERS, EPOCH = 18, 6_040, 720_000
 TEXT_DIM, IMAGE_DIM = 384, 1_280  # all-MiniLM-L6-v2, EfficientNet-Lite0
+USER_FIELDS = (("age", "categorical", 8), ("gender", "categorical", 3),
+               ("occupation", "categorical", 22))  # fmt: skip
+ITEM_FIELDS = (("genres", "multi_categorical", GENRES + 1),)
 FULL = {"modalities": ("id", "categorical", "text", "image"), "text_dim": TEXT_DIM,
         "image_dim": IMAGE_DIM}  # fmt: skip
 VARIANTS = {  # the item tower's config per variant, and changes to the training config
@@ -41,43 +50,48 @@ VARIANTS = {  # the item tower's config per variant, and changes to the training
     "id+categorical+text+image (pretrained vectors)": {"item": FULL},
     "the same, seen items left among negatives": {"item": FULL, "train": {"mask_seen": False}},
 }
+IMAGE_BYTES = 2e9  # the most the random image vectors may take
 
 
-def inputs(n: int, g: torch.Generator) -> tuple[dict, dict]:
+def inputs(n: int, items: int, recent: int, g: torch.Generator,
+           images: bool) -> tuple[dict, dict]:  # fmt: skip
     users = {
-        "user_id": torch.randint(1, USERS + 1, (n,), generator=g),
-        "age": torch.randint(0, 8, (n,), generator=g),
-        **{k: torch.randint(0, 1024, (n,), generator=g) for k in ("gender", "occupation", "zip")},
-        "numeric": torch.randn(n, 4, generator=g),
-        "genre_shares": torch.rand(n, GENRES, generator=g),
-        "recent_items": torch.randint(0, ITEMS, (n, 20), generator=g),
+        "user": torch.randint(1, USERS + 1, (n,), generator=g),
+        **{name: torch.randint(1, rows, (n,), generator=g) for name, _, rows in USER_FIELDS},
+        "activity": torch.randn(n, 4, generator=g),
+        "genres_shares": torch.rand(n, GENRES, generator=g),
+        "recent_items": torch.randint(0, items, (n, recent), generator=g),
     }
     catalogue = {
-        "item_id": torch.arange(ITEMS),
-        "genres": (torch.rand(ITEMS, GENRES, generator=g) < 0.15).float(),
-        "year": torch.randint(0, 24, (ITEMS,), generator=g),
-        "text": torch.randint(0, 1 << 15, (ITEMS, 8), generator=g),  # ml-1m: titles only
-        "text_vector": torch.randn(ITEMS, TEXT_DIM, generator=g),
-        "has_text": torch.ones(ITEMS),
-        "image_vector": torch.randn(ITEMS, IMAGE_DIM, generator=g),
-        "has_image": (torch.rand(ITEMS, generator=g) < 0.997).float(),  # 11 ml-1m items lack one
+        "item": torch.arange(items),
+        "genres": torch.randint(0, GENRES + 1, (items, 3), generator=g),
+        "words": torch.randint(0, TEXT_BUCKETS, (items, 8), generator=g),  # ml-1m: titles only
+        "text_vector": torch.randn(items, TEXT_DIM, generator=g),
+        "has_text": torch.ones(items),
     }
+    if images:
+        catalogue |= {
+            "image_vector": torch.randn(items, IMAGE_DIM, generator=g),
+            "has_image": (torch.rand(items, generator=g) < 0.997).float(),  # 11 ml-1m items: none
+        }
     return users, catalogue
 
 
-def positives(n: int, g: torch.Generator) -> torch.Tensor:
+def positives(n: int, items: int, g: torch.Generator) -> torch.Tensor:
     """Each example's item row, drawn with ml-1m's popularity skew: Zipf with exponent 0.7 over
     the ids gives 720 distinct items in a batch of 1,024 (ml-1m's interactions: 730 expected)."""
-    weights = torch.arange(1, ITEMS, dtype=torch.float64) ** -0.7
+    weights = torch.arange(1, items, dtype=torch.float64) ** -0.7
     return 1 + torch.multinomial(weights, n, replacement=True, generator=g)
 
 
 def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: int) -> float:
     torch.manual_seed(0)
-    user_tower = UserTower(UserTowerConfig(ITEMS, GENRES, dim=dim))
-    item_tower = ItemTower(ItemTowerConfig(ITEMS, GENRES, dim=dim, **variant["item"]))
+    items = len(catalogue["item"])
+    user_tower = UserTower(UserTowerConfig(items, USER_FIELDS, (("genres", GENRES),), dim=dim))
+    fields = ITEM_FIELDS if "categorical" in variant["item"]["modalities"] else ()
+    item_tower = ItemTower(ItemTowerConfig(items, fields, dim=dim, **variant["item"]))
     small = Validation({k: v[:100] for k, v in users.items()}, [{1}] * 100, [set()] * 100)
-    result = train(user_tower, item_tower, users, rows, torch.zeros(ITEMS), catalogue, small,
+    result = train(user_tower, item_tower, users, rows, torch.zeros(items), catalogue, small,
                    TrainConfig(epochs=1, batch_size=1024, **variant.get("train", {})))  # fmt: skip
     return result["history"][0]["examples_per_s"]
 
@@ -97,16 +111,24 @@ def measured_commit() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200_000)
-    parser.add_argument("--dim", type=int, default=UserTowerConfig.dim, help="towers' width")
+    parser.add_argument("--dim", type=int, default=128, help="towers' width (ml-1m's choice)")
+    parser.add_argument("--items", type=int, default=3_953, help="catalogue size (ml-1m's)")
+    parser.add_argument("--recent", type=int, default=200, help="recent items (ml-1m's choice)")
+    parser.add_argument("--sparse-from", type=int, default=towers.nn.SPARSE_FROM,
+                        help="id tables of at least this many rows are sparse")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the variants")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
+    towers.nn.SPARSE_FROM = args.sparse_from  # read by towers.nn.table as it builds a table
     g = torch.Generator().manual_seed(0)
-    users, catalogue = inputs(args.examples, g)
-    rows = positives(args.examples, g)
+    images = args.items * IMAGE_DIM * 4 <= IMAGE_BYTES
+    variants = {name: v for name, v in VARIANTS.items()
+                if images or "image" not in v["item"]["modalities"]}  # fmt: skip
+    users, catalogue = inputs(args.examples, args.items, args.recent, g, images)
+    rows = positives(args.examples, args.items, g)
     rounds = [{name: rate(variant, users, catalogue, rows, args.dim)
-               for name, variant in VARIANTS.items()} for _ in range(args.repeats)]  # fmt: skip
-    results = {name: max(r[name] for r in rounds) for name in VARIANTS}
+               for name, variant in variants.items()} for _ in range(args.repeats)]  # fmt: skip
+    results = {name: max(r[name] for r in rounds) for name in variants}
     print(f"{'item tower':48s} {'examples/s':>11s} {'ml-1m epoch s':>14s}")
     for name, r in results.items():
         print(f"{name:48s} {r:>11,.0f} {EPOCH / r:>14.1f}")
@@ -116,7 +138,8 @@ def main() -> None:
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
-        "examples": args.examples, "dim": args.dim, "examples_per_s": results,
+        "examples": args.examples, "dim": args.dim, "items": args.items, "recent": args.recent,
+        "sparse_ids": args.items >= args.sparse_from, "examples_per_s": results,
         "rounds": rounds,
         "ml1m_epoch_s": {name: EPOCH / r for name, r in results.items()},
     }  # fmt: skip

@@ -355,3 +355,48 @@ def test_a_ranker_step_moves_only_the_id_rows_its_batch_touched():
     moved([2, 5, 5])  # opens the output layer, zero but for the retrieval score at the start
     assert moved([2, 5, 5]) == [2, 5]
     assert moved([7, 7, 7]) == [7]  # rows 2 and 5 keep still: no momentum without a gradient
+
+
+def test_the_towers_id_tables_turn_sparse_at_a_large_catalogue():
+    assert not tnn.table(tnn.SPARSE_FROM - 1, 4).sparse and tnn.table(tnn.SPARSE_FROM, 4).sparse
+    assert not item_tower().ids.sparse and not user_tower().recent.sparse  # small: dense AdamW
+
+
+def test_mean_pool_over_a_sparse_table_gives_the_dense_gradient_at_touched_rows():
+    torch.manual_seed(0)
+    dense = torch.nn.Embedding(50, 4, padding_idx=0)
+    sparse = torch.nn.Embedding(50, 4, padding_idx=0, sparse=True)
+    sparse.weight.data.copy_(dense.weight.data)
+    ids = torch.randint(0, 50, (30, 12))
+    ids[ids % 3 == 0] = 0
+    grad = torch.randn(30, 4)
+    tnn.mean_pool(dense, ids).backward(grad)
+    tnn.mean_pool(sparse, ids).backward(grad)
+    assert sparse.weight.grad.is_sparse
+    assert torch.allclose(sparse.weight.grad.to_dense(), dense.weight.grad, atol=1e-6)
+
+
+def test_a_tower_step_on_a_large_catalogue_moves_only_the_id_rows_its_batch_touched():
+    """At SPARSE_FROM items both towers' id tables are sparse and stepped by lazy Adam: the rows
+    of the items a batch embeds or pools move, every other row keeps still."""
+    torch.manual_seed(0)
+    users_t = UserTower(UserTowerConfig(tnn.SPARSE_FROM, VOCAB.fields("user"),
+                                        VOCAB.share_widths()))  # fmt: skip
+    items_t = ItemTower(ItemTowerConfig(tnn.SPARSE_FROM, modalities=("id",)))
+    both = torch.nn.ModuleList([users_t, items_t])
+    steppers = tnn.optimizers(both, lr=0.1, weight_decay=0.0, fused=True)
+    assert [type(o).__name__ for o in steppers] == ["AdamW", "SparseAdam"]
+    users = user_inputs(USERS, VOCAB) | {"recent_items": torch.tensor([[3, 4], [0, 0], [9, 0]])}
+    users_t.eval()  # every recent item pooled (no sampling, no dropout): the touched rows known
+    items_t.eval()
+    before = (users_t.recent.weight.clone(), items_t.ids.weight.clone())
+    for optimizer in steppers:
+        optimizer.zero_grad()
+    loss = -(users_t(users) * items_t({"item": torch.tensor([5, 70_000, 5])})).sum()
+    loss.backward()
+    for optimizer in steppers:
+        optimizer.step()
+    tables = (users_t.recent.weight, items_t.ids.weight)
+    moved = [(after != was).any(dim=1).nonzero().flatten().tolist()
+             for after, was in zip(tables, before, strict=True)]  # fmt: skip
+    assert moved == [[3, 4, 9], [5, 70_000]]

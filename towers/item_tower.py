@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from towers.inputs import TEXT_BUCKETS
-from towers.nn import Dropout, Fields, forget, mean_pool, mlp, unit
+from towers.nn import Dropout, Fields, forget, mean_pool, mlp, table, unit
 
 MODALITIES = ("id", "categorical", "text", "image")
 
@@ -47,7 +47,7 @@ class ItemTower(nn.Module):
             raise ValueError(f"modalities {c.modalities} do not match fields {c.fields}")
         self.proj = nn.ModuleDict()
         if "id" in c.modalities:
-            self.ids = nn.Embedding(c.num_items, c.embed, padding_idx=0)
+            self.ids = table(c.num_items, c.embed)
             self.proj["id"] = nn.Linear(c.embed, c.dim)
         if "categorical" in c.modalities:
             self.features = Fields(c.fields, c.field_embed)

@@ -46,23 +46,40 @@ class Dropout(nn.Module):
         return x * keep.mul_(256 / (256 - self.threshold))
 
 
+SPARSE_FROM = 100_000  # rows from which an id table is sparse: a step's gradient and update
+# touch only the rows its batch used (a dense AdamW step visits all of a 1M-item table's rows)
+
+
+def table(rows: int, width: int) -> nn.Embedding:
+    """An id table (row 0 the padding and unknown id), sparse from SPARSE_FROM rows: stepped by
+    lazy Adam then (`optimizers`)."""
+    return nn.Embedding(rows, width, padding_idx=0, sparse=rows >= SPARSE_FROM)
+
+
 class _MeanPool(torch.autograd.Function):
     """Rows of a table summed per bag with per-slot weights. The backward adds each slot's share
     into the table with one `index_add_`: `nn.EmbeddingBag`'s sorting backward took 9-10 ms a
-    step for ml-1m's 1,024 x 64 recent items against 3.5-5 ms this way."""
+    step for ml-1m's 1,024 x 64 recent items against 3.5-5 ms this way; a sparse table gets the
+    slots' shares as a sparse gradient instead (rows touched only)."""
 
     @staticmethod
-    def forward(ctx: Any, table: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor):
+    def forward(ctx: Any, table: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+                sparse: bool):  # fmt: skip
         ctx.save_for_backward(ids, weights)
-        ctx.rows = table.shape[0]
+        ctx.rows, ctx.sparse = table.shape[0], sparse
         return F.embedding_bag(ids, table, mode="sum", per_sample_weights=weights)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         ids, weights = ctx.saved_tensors
         shares = (weights[..., None] * grad[:, None, :]).reshape(-1, grad.shape[1])
-        table = grad.new_zeros(ctx.rows, grad.shape[1]).index_add_(0, ids.reshape(-1), shares)
-        return table, None, None
+        size = (ctx.rows, grad.shape[1])
+        if ctx.sparse:
+            index = ids.reshape(1, -1)
+            table = torch.sparse_coo_tensor(index, shares, size, check_invariants=False)
+        else:
+            table = grad.new_zeros(size).index_add_(0, ids.reshape(-1), shares)
+        return table, None, None, None
 
 
 class Fields(nn.Module):
@@ -96,7 +113,7 @@ def mean_pool(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     a row of padding alone pools to zeros."""
     present = ids != 0
     weights = (present / present.sum(1, keepdim=True).clamp(min=1)).to(table.weight.dtype)
-    return _MeanPool.apply(table.weight, ids, weights)
+    return _MeanPool.apply(table.weight, ids, weights, table.sparse)
 
 
 @torch.no_grad()
@@ -106,13 +123,16 @@ def forget(table: nn.Embedding | nn.EmbeddingBag, ids: torch.Tensor) -> None:
     table.weight[ids] = 0.0
 
 
-def optimizers(model: nn.Module, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-    """AdamW over the dense parameters and lazy Adam (`SparseAdam`: moments move only for the rows
-    a batch touched) over the sparse embedding tables: a dense step visits every row of every
-    table, which at a million items made ranker training crawl."""
+def optimizers(model: nn.Module, lr: float, weight_decay: float,
+               fused: bool = False) -> list[torch.optim.Optimizer]:  # fmt: skip
+    """AdamW over the dense parameters (`fused`: in one kernel) and lazy Adam (`SparseAdam`:
+    moments move only for the rows a batch touched) over the sparse embedding tables: a dense
+    step visits every row of every table, which at a million items made training crawl."""
     tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
     dense = [p for p in model.parameters() if all(p is not t for t in tables)]
-    out: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
+    out: list[torch.optim.Optimizer] = [
+        torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    ]
     if tables:
         out.append(torch.optim.SparseAdam(tables, lr=lr))
     return out

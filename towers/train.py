@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from towers import metrics
+from towers import nn as tnn
 from towers.item_tower import ItemTower
 from towers.losses import sampled_softmax_loss
 from towers.progress import Progress, Step, report, say
@@ -169,8 +170,8 @@ def train(
     every training item of the user counts as had."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    params = list(user_tower.parameters()) + list(item_tower.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    both = torch.nn.ModuleList([user_tower, item_tower])
+    steppers = tnn.optimizers(both, cfg.lr, cfg.weight_decay, fused=True)
     n, n_items = len(item_rows), len(item_log_q)
     weights = user_weights(users["user"], cfg.user_weight)
     positives = Positives(users["user"], item_rows, n_items, times) if cfg.mask_seen else None
@@ -200,9 +201,11 @@ def train(
                 u, v, cfg.logq * item_log_q[distinct], cfg.temperature,
                 labels, counts, weights[rows], excluded,
             )  # fmt: skip
-            optimizer.zero_grad()
+            for optimizer in steppers:
+                optimizer.zero_grad()
             loss.backward()
-            optimizer.step()
+            for optimizer in steppers:
+                optimizer.step()
             total += loss.item() * len(rows)
             report(progress, Step(task, batch + 1, batches, "batches"))
         seconds = time.perf_counter() - began

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from towers.nn import Fields, forget, known, mean_pool, mlp, unit
+from towers.nn import Fields, forget, known, mean_pool, mlp, table, unit
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,10 @@ class UserTower(nn.Module):
         super().__init__()
         self.config = c = config
         self.features = Fields(c.fields, c.embed)
-        self.recent = nn.Embedding(c.num_items, c.item_embed, padding_idx=0)
+        self.recent = table(c.num_items, c.item_embed)
         width = self.features.width + 4 + sum(w for _, w in c.shares) + c.item_embed
         if c.num_users:
-            self.ids = nn.Embedding(c.num_users, c.item_embed, padding_idx=0)
+            self.ids = table(c.num_users, c.item_embed)
             width += c.item_embed
         self.mlp = mlp([width, c.hidden, c.hidden, c.dim], c.dropout)
 
