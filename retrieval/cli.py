@@ -199,18 +199,35 @@ def cmd_features(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from towers import distributed
+
+    if distributed.join_from_env():  # one of the processes torchrun started
+        _train(args)
+    elif args.nproc > 1:
+        distributed.launch(_train, args.nproc, args)
+    else:
+        _train(args)
+
+
+def _train(args: argparse.Namespace) -> None:
+    """`ttr train` in this process (one of several where they train together: process 0 draws
+    the bars, publishes and reports)."""
     from retrieval import artifacts, training
+    from towers import distributed
 
     prof = store.profile(args.repo, args.online_store)
     cfg, split_cfg = _config_from(TrainConfig, args), _config_from(SplitConfig, args)
-    with bars() as progress:
+    with bars() if distributed.main() else contextlib.nullcontext() as progress:
         version = training.run(prof, artifacts_root(args), cfg, split_cfg, progress)
+    if version is None:
+        return
     manifest = artifacts.manifest(version)
     metrics, k = manifest["metrics"], cfg.k
     text = "pretrained text" if manifest["content"].get("text", {}).get("items") else "hashed words"
     print(f"trained: best epoch {metrics['best_epoch']}, validation recall@{k} "
           f"{metrics[f'val_recall@{k}']:.4f}, NDCG@{k} {metrics[f'val_ndcg@{k}']:.4f}; "
-          f"item inputs {'+'.join(manifest['item_inputs'])} (text: {text}) -> {version} "
+          f"item inputs {'+'.join(manifest['item_inputs'])} (text: {text}), "
+          f"{manifest['processes']} process(es) -> {version} "
           "(now latest)")  # fmt: skip
 
 
@@ -453,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train both towers on point-in-time features; new version")
     _artifacts(p)
     _add_config_flags(p, TrainConfig, "training")
+    p.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="train in N processes on this machine (DistributedDataParallel over gloo; on "
+        "several machines start `ttr train` with torchrun instead: see README)",
+    )  # fmt: skip
     _add_config_flags(p, SplitConfig, "split")
     _common(p)
     p.set_defaults(func=cmd_train)

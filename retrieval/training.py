@@ -25,6 +25,7 @@ from retrieval.offline import (
     leave_one_out,
     micros,
 )
+from towers import distributed
 from towers import nn as tnn
 from towers.features import training_frame
 from towers.inputs import Ids, Vocab, fit_vocab, item_inputs, user_inputs
@@ -351,15 +352,18 @@ def _towers(
 
 
 def run(prof: store.Profile, root: Path, cfg: TrainConfig, split_cfg: SplitConfig,
-        progress: Progress | None = None) -> Path:  # fmt: skip
-    """Train on the repository's offline data; returns the published version directory."""
+        progress: Progress | None = None) -> Path | None:  # fmt: skip
+    """Train on the repository's offline data; returns the published version directory (where
+    several processes train together, process 0 publishes, and the others return None)."""
     f = fit(prof, cfg, split_cfg, progress=progress)
+    if not distributed.main():
+        return None
     info = {
         "dataset": f.meta["dataset"], "data_time_range": [f.meta["start"], f.meta["end"]],
         "split": _split_info(f.split, split_cfg), "train": asdict(f.cfg), "choices": f.choices,
         "item_inputs": list(f.item_tower.config.modalities),
         "content": content.info(prof.offline_dir),
-        "seconds": f.seconds, "metrics": f.result,
+        "seconds": f.seconds, "metrics": f.result, "processes": distributed.world(),
     }  # fmt: skip
     with artifacts.staging(root) as staged:
         save_towers(staged, f.user_tower, f.item_tower)

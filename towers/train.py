@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from towers import metrics
+from towers import distributed, metrics
 from towers import nn as tnn
 from towers.item_tower import ItemTower
 from towers.losses import sampled_softmax_loss
@@ -48,6 +48,17 @@ class TrainConfig:
     # 0.1237)
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
+
+
+class TwoTowers(torch.nn.Module):
+    """Both towers as one module (what DDP wraps): users and items in, their embeddings out."""
+
+    def __init__(self, user_tower: UserTower, item_tower: ItemTower) -> None:
+        super().__init__()
+        self.user_tower, self.item_tower = user_tower, item_tower
+
+    def forward(self, users: Inputs, items: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.user_tower(users), self.item_tower(items)
 
 
 def take(x: Inputs, rows: torch.Tensor) -> Inputs:
@@ -168,11 +179,13 @@ def train(
     epochs without progress; without one, runs every epoch and keeps the last. `times` (each
     row's time, int64) tell `cfg.mask_seen` which items a row's user had by then; without them,
     every training item of the user counts as had."""
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    both = torch.nn.ModuleList([user_tower, item_tower])
-    steppers = tnn.optimizers(both, cfg.lr, cfg.weight_decay, fused=True)
+    torch.manual_seed(cfg.seed + distributed.rank())  # dropout and history draws: per process
+    generator = torch.Generator().manual_seed(cfg.seed)  # the epochs' order: the same in all
+    model = distributed.wrap(TwoTowers(user_tower, item_tower))
+    steppers = tnn.optimizers(model, cfg.lr, cfg.weight_decay, fused=True)
+    progress = progress if distributed.main() else None
     n, n_items = len(item_rows), len(item_log_q)
+    n -= n % distributed.world()  # so that every process has a share of every batch
     weights = user_weights(users["user"], cfg.user_weight)
     positives = Positives(users["user"], item_rows, n_items, times) if cfg.mask_seen else None
     best = {"recall": -1.0, "epoch": -1, "state": None}
@@ -180,18 +193,17 @@ def train(
     for epoch in range(cfg.epochs):
         user_tower.train()
         item_tower.train()
-        order = torch.randperm(n, generator=generator)
-        began, total = time.perf_counter(), 0.0
+        order = torch.randperm(len(item_rows), generator=generator)[:n]
+        began, total, done = time.perf_counter(), 0.0, 0
         task, batches = f"epoch {epoch + 1}/{cfg.epochs}", -(-n // cfg.batch_size)
         for batch, start in enumerate(range(0, n, cfg.batch_size)):
-            rows = order[start : start + cfg.batch_size]
+            rows = distributed.my_slice(order[start : start + cfg.batch_size])
             cand = item_rows[rows]
             if cfg.extra_negatives:
                 extra = torch.randint(n_items, (cfg.extra_negatives,), generator=generator)
                 cand = torch.cat([cand, extra])
             distinct, inverse, counts = torch.unique(cand, return_inverse=True, return_counts=True)
-            u = user_tower(take(users, rows))
-            v = item_tower(take(catalogue, distinct))
+            u, v = model(take(users, rows), take(catalogue, distinct))
             labels = inverse[: len(rows)]
             excluded = None
             if positives is not None:
@@ -206,20 +218,20 @@ def train(
             loss.backward()
             for optimizer in steppers:
                 optimizer.step()
-            total += loss.item() * len(rows)
+            total, done = total + loss.item() * len(rows), done + len(rows)
             report(progress, Step(task, batch + 1, batches, "batches"))
         seconds = time.perf_counter() - began
-        step = {"epoch": epoch + 1, "loss": total / n, "examples_per_s": n / seconds}
+        step = {"epoch": epoch + 1, "loss": total / done, "examples_per_s": n / seconds}
         if validation is None:
             history.append(step)
-            say(progress, f"{task}: loss {total / n:.4f}, {n / seconds:,.0f} examples/s")
+            say(progress, f"{task}: loss {total / done:.4f}, {n / seconds:,.0f} examples/s")
             continue
-        scores = validate(
+        scores = distributed.agree(validate(
             embed(user_tower, validation.users), embed(item_tower, catalogue), validation, cfg.k
-        )
+        ) if distributed.main() else None)  # fmt: skip
         history.append({**step, **scores})
         figures = f"recall@{cfg.k} {scores['recall']:.4f} NDCG@{cfg.k} {scores['ndcg']:.4f}"
-        say(progress, f"{task}: loss {total / n:.4f}, val {figures}, {n / seconds:,.0f} ex/s")
+        say(progress, f"{task}: loss {total / done:.4f}, val {figures}, {n / seconds:,.0f} ex/s")
         if scores["recall"] > best["recall"]:
             state = (copy.deepcopy(user_tower.state_dict()), copy.deepcopy(item_tower.state_dict()))
             best = {**scores, "epoch": epoch + 1, "state": state}
