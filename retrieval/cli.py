@@ -126,7 +126,9 @@ def cmd_data(args: argparse.Namespace) -> None:
 
     from retrieval import content, offline
 
-    prof = store.profile(args.repo)
+    prof = _profile(args)
+    if prof.offline_store:
+        store.ensure_registry_schema(prof)  # an unreachable server fails before any file changes
     features = _config_from(FeatureConfig, args)
     began = time.perf_counter()
     with bars() as progress:
@@ -141,6 +143,7 @@ def cmd_data(args: argparse.Namespace) -> None:
             progress(Step("feature tables", len(built), total, "tables"))
 
         rows = offline.write(tables, prof.offline_dir, done)
+        loaded = store.sync_offline(prof, [t for t in offline.TABLES if t != "interactions"])
     counts, meta = tables.meta["counts"], tables.meta
     for line in ds.report.lines:
         print(f"  dropped or missing: {line}")
@@ -151,21 +154,25 @@ def cmd_data(args: argparse.Namespace) -> None:
         f"{meta['start'][:10]} to {meta['end'][:10]} -> {prof.offline_dir} "
         f"({time.perf_counter() - began:.1f} s)"
     )
+    if loaded:
+        print(f"loaded {sum(loaded.values()):,} rows in {len(loaded)} tables into PostgreSQL "
+              f"({prof.offline_store})")  # fmt: skip
 
 
 def cmd_content(args: argparse.Namespace) -> None:
     from retrieval import content
 
-    prof = store.profile(args.repo)
+    prof = _profile(args)
     with bars() as progress:
         done = content.compute(prof.offline_dir, _config_from(ContentConfig, args), progress)
+    store.sync_offline(prof, ["item_vectors"])
     if done.missing:
         print(content.absent_message(done.missing))
     print(f"{content.summary(done)} -> {prof.offline_dir / content.TABLE}")
 
 
 def cmd_apply(args: argparse.Namespace) -> None:
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     with contextlib.redirect_stdout(io.StringIO()):  # feast echoes every object; we summarise
         views = store.apply(prof)
     print(
@@ -175,7 +182,7 @@ def cmd_apply(args: argparse.Namespace) -> None:
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     with bars() as progress:
         done = store.materialize(prof, args.incremental, progress)
     for m in done:
@@ -192,7 +199,7 @@ def cmd_materialize(args: argparse.Namespace) -> None:
 
 
 def cmd_features(args: argparse.Namespace) -> None:
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     row = store.entity_features(prof, args.entity, args.id)
     lines = [f"  {json.dumps(k)}: {json.dumps(v, default=str)}" for k, v in row.items()]
     print("{\n" + ",\n".join(lines) + "\n}")
@@ -215,7 +222,7 @@ def _train(args: argparse.Namespace) -> None:
     from retrieval import artifacts, training
     from towers import distributed
 
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     cfg, split_cfg = _config_from(TrainConfig, args), _config_from(SplitConfig, args)
     with bars() if distributed.main() else contextlib.nullcontext() as progress:
         version = training.run(prof, artifacts_root(args), cfg, split_cfg, progress)
@@ -234,7 +241,7 @@ def _train(args: argparse.Namespace) -> None:
 def cmd_index(args: argparse.Namespace) -> None:
     from retrieval import indexing
 
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     info = indexing.run(prof, artifacts_root(args), _config_from(IndexConfig, args))
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
     print(
@@ -247,7 +254,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from retrieval import evaluate
     from retrieval.plots import recall_curves
 
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     root = artifacts_root(args)
     draws = {} if args.cold_draws is None else {"cold_draws": args.cold_draws}
     cfg = evaluate.EvalConfig(retrain=not args.no_retrain, ablation=not args.no_ablation, **draws)
@@ -264,7 +271,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_train_ranker(args: argparse.Namespace) -> None:
     from retrieval import artifacts, ranking
 
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     with bars() as progress:
         cfg = _config_from(RankerTrainConfig, args)
         version = ranking.run(prof, artifacts_root(args), cfg, progress)
@@ -284,7 +291,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
     from retrieval.pipeline import Pipeline
 
     _check_k(args.k)
-    pipeline = Pipeline.open(store.profile(args.repo, args.online_store), artifacts_root(args))
+    pipeline = Pipeline.open(_profile(args), artifacts_root(args))
     user = _id(pipeline.parse_user, args.user_id)
     rec = pipeline.recommend(user, args.k, exclude_seen=not args.include_seen)
     print(f"user {user}: {rec.source}, model {pipeline.model_version}")
@@ -308,7 +315,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     from retrieval.pipeline import Pipeline
 
     _check_k(args.k)
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     pipeline = Pipeline.open(prof, artifacts_root(args))
     user = _id(pipeline.parse_user, args.user_id)
     out = Path(args.out or artifacts_root(args) / f"explain_{user}.png")
@@ -329,8 +336,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     }
     if args.online_store:
         settings["ONLINE_STORE"] = args.online_store
+    if args.offline_store:
+        settings["OFFLINE_STORE"] = args.offline_store  # serving reads the registry there
     os.environ.update({f"TTR_{k}": str(v) for k, v in settings.items()})
-    prof = store.profile(args.repo, args.online_store)
+    prof = _profile(args)
     admin = "on (TTR_ADMIN_TOKEN)" if os.environ.get("TTR_ADMIN_TOKEN") else "off"
     print(f"serving {settings['ARTIFACTS']} on http://{args.host}:{args.port} from "
           f"{store.describe(prof)} ({args.workers} worker{'s' * (args.workers > 1)}, "
@@ -358,7 +367,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def quickstart_steps(args: argparse.Namespace) -> list[list[str]]:
-    """The commands `ttr quickstart` runs, in order, each with the online store it was given."""
+    """The commands `ttr quickstart` runs, in order, each with the stores it was given."""
     art = ["--artifacts", str(artifacts_root(args))]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     source = ["--spec", args.spec] if args.spec else ["--dataset", args.dataset]
@@ -374,7 +383,9 @@ def quickstart_steps(args: argparse.Namespace) -> list[list[str]]:
         ["recommend", str(args.user), *art],
     ]
     online = ["--online-store", args.online_store] if args.online_store else []
-    return [step if step[0] in ("data", "content") else [*step, *online] for step in steps]
+    offline = ["--offline-store", args.offline_store] if args.offline_store else []
+    return [[*step, *offline] if step[0] in ("data", "content") else [*step, *online, *offline]
+            for step in steps]  # fmt: skip
 
 
 def _check_k(k: int) -> None:
@@ -414,6 +425,12 @@ def _artifacts(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _profile(args: argparse.Namespace) -> store.Profile:
+    """The stores a command's flags (else the environment) choose."""
+    return store.profile(args.repo, getattr(args, "online_store", None),
+                         offline_store=args.offline_store)  # fmt: skip
+
+
 def _common(parser: argparse.ArgumentParser, online: bool = True) -> None:
     parser.add_argument(
         "--repo",
@@ -421,6 +438,11 @@ def _common(parser: argparse.ArgumentParser, online: bool = True) -> None:
         default=None,
         help="the feature repository (default: ./feature_repo, else $TTR_REPO)",
     )
+    parser.add_argument(
+        "--offline-store", default=None, metavar="duckdb|postgresql://USER@HOST:PORT/DB",
+        help="where the offline tables, the point-in-time joins and the registry live (default: "
+        "$TTR_OFFLINE_STORE, else duckdb: DuckDB over parquet, a registry file)",
+    )  # fmt: skip
     if online:
         parser.add_argument(
             "--online-store",

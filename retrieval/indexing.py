@@ -70,5 +70,6 @@ def publish_embeddings(feast_store: FeatureStore, view: FeatureView, prof: store
         "event_timestamp": pa.array([end] * len(vectors), pa.timestamp("us", tz="UTC")),
     })  # fmt: skip
     atomic.write(table, prof.offline_dir / "item_embedding.parquet")
+    store.sync_offline(prof, ["item_embedding"])
 
     return materialize_view(feast_store, view, end, end)

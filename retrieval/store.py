@@ -1,8 +1,13 @@
-"""The Feast stores behind the CLI: one repository, two online-store profiles, apply, materialize.
+"""The Feast stores behind the CLI: one repository, its online and offline profiles, apply,
+materialize.
 
 The embedded default is the repository's `feature_store.yaml` (SQLite online, DuckDB over parquet
 offline, file registry). The Redis profile is the same repository with the online store swapped
 for Redis and a registry file of its own, so each profile keeps its own materialization history.
+The PostgreSQL offline profile keeps the offline tables in PostgreSQL (loaded by `ttr data` and
+the commands after it from the parquet they write), lets Feast's PostgreSQL offline store do the
+point-in-time joins, and keeps the registry on the same server (Feast's SQL registry), so that
+several machines share one.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ if TYPE_CHECKING:  # feast costs seconds to import: commands that need it import
     from feast.repo_contents import RepoContents
 
 ONLINE_STORE_ENV = "TTR_ONLINE_STORE"
+OFFLINE_STORE_ENV = "TTR_OFFLINE_STORE"
 REGISTRY_STORE = "retrieval.registry.AtomicFileRegistryStore"  # written whole or not at all
 SERVING_TIMEOUT = 0.25  # seconds a serving worker waits to connect to, or hear from, Redis
 
@@ -40,19 +46,28 @@ class Profile:
     online_store: str | None = None  # None: the yaml's default; else redis://HOST:PORT[/DB]
     timeout: float | None = None  # Redis: connect and read timeout, no retries (serving); None:
     # the client's defaults (batch commands: a 20,000-row write may take a while)
+    offline_store: str | None = (
+        None  # None: DuckDB over parquet; else postgresql://USER@HOST:PORT/DB
+    )
 
     @property
     def offline_dir(self) -> Path:
         return self.repo / "data" / "offline"
 
 
-def profile(repo: str | Path, online_store: str | None = None,
-            timeout: float | None = None) -> Profile:  # fmt: skip
-    """Resolve the repository path and the online store (flag, else $TTR_ONLINE_STORE)."""
+def profile(repo: str | Path, online_store: str | None = None, timeout: float | None = None,
+            offline_store: str | None = None) -> Profile:  # fmt: skip
+    """Resolve the repository path, the online store (flag, else $TTR_ONLINE_STORE) and the
+    offline store (flag, else $TTR_OFFLINE_STORE; `duckdb` is the default)."""
     path = Path(repo).expanduser().resolve()
     if not (path / "feature_store.yaml").is_file():
         raise TTRError(f"no feature repository at {path} (feature_store.yaml not found)")
-    return Profile(path, online_store or os.environ.get(ONLINE_STORE_ENV) or None, timeout)
+    offline = offline_store or os.environ.get(OFFLINE_STORE_ENV) or None
+    if offline == "duckdb":
+        offline = None
+    if offline is not None:
+        postgres_settings(offline)  # a malformed URL fails here, before anything runs
+    return Profile(path, online_store or os.environ.get(ONLINE_STORE_ENV) or None, timeout, offline)
 
 
 def copy_repo(source: Path, dest: Path, project: str) -> Path:
@@ -79,6 +94,53 @@ def redis_settings(url: str) -> tuple[str, str]:
     return f"{parsed.hostname}:{port},db={db}", f"redis-{parsed.hostname}-{port}-{db}"
 
 
+def postgres_settings(url: str) -> dict:
+    """Feast's PostgreSQL connection settings from postgresql://USER[:PASSWORD]@HOST[:PORT]/DB
+    (no TLS unless `?sslmode=` asks for it: Feast's default, `require`, fails on a local server)."""
+    parsed = urllib.parse.urlparse(url)
+    form = "duckdb or postgresql://USER@HOST:PORT/DB"
+    if parsed.scheme not in ("postgresql", "postgres") or not (parsed.hostname and parsed.username):
+        raise TTRError(f"offline store {url!r} is not of the form {form}")
+    database = parsed.path.strip("/")
+    if not database:
+        raise TTRError(f"offline store {url!r}: no database name (postgresql://USER@HOST:PORT/DB)")
+    try:
+        port = parsed.port or 5432
+    except ValueError as err:
+        raise TTRError(f"offline store {url!r}: bad port") from err
+    sslmode = urllib.parse.parse_qs(parsed.query).get("sslmode", ["disable"])[0]
+    return {"host": parsed.hostname, "port": port, "database": database, "sslmode": sslmode,
+            "user": urllib.parse.unquote(parsed.username),
+            "password": urllib.parse.unquote(parsed.password or "")}  # fmt: skip
+
+
+def postgres_url(settings: dict, driver: str = "postgresql") -> str:
+    user = urllib.parse.quote(settings["user"])
+    password = f":{urllib.parse.quote(settings['password'])}" if settings["password"] else ""
+    return (f"{driver}://{user}{password}@{settings['host']}:{settings['port']}/"
+            f"{settings['database']}?sslmode={settings['sslmode']}")  # fmt: skip
+
+
+def registry_schema(project: str) -> str:
+    """The PostgreSQL schema holding a project's SQL registry: one a project, because Feast's SQL
+    registry, refreshing, rebuilds every project it holds, opening each one's SQLite online store
+    by its path, which fails where another project's repository is gone or on another machine."""
+    return f"{project}__registry"
+
+
+def ensure_registry_schema(prof: Profile) -> None:
+    import psycopg
+
+    settings = postgres_settings(prof.offline_store)
+    schema = registry_schema(project_of(prof))
+    try:
+        with psycopg.connect(postgres_url(settings), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    except psycopg.Error as err:
+        where = f"{settings['user']}@{settings['host']}:{settings['port']}/{settings['database']}"
+        raise TTRError(f"PostgreSQL offline store {where}: {' '.join(str(err).split())}") from err
+
+
 def repo_config(prof: Profile) -> RepoConfig:
     from feast.repo_config import RepoConfig
 
@@ -92,6 +154,14 @@ def repo_config(prof: Profile) -> RepoConfig:
         # older timestamps would leave the old values online
         raw["online_store"] = {"type": "redis", "connection_string": connection, "skip_dedup": True}
         raw["registry"] = {**raw["registry"], "path": f"data/registry-{tag}.db"}
+    if prof.offline_store:
+        settings, schema = postgres_settings(prof.offline_store), registry_schema(raw["project"])
+        raw["offline_store"] = {"type": "postgres", **settings}
+        path = postgres_url(settings, "postgresql+psycopg") + f"&options=-csearch_path%3D{schema}"
+        raw["registry"] = {
+            "registry_type": "sql", "path": path, "cache_ttl_seconds": 0,
+            "sqlalchemy_config_kwargs": {"pool_pre_ping": True},
+        }  # fmt: skip
     config = RepoConfig(**raw)
     config.repo_path = prof.repo
     return config
@@ -104,6 +174,8 @@ def open_store(prof: Profile) -> FeatureStore:
 
     if prof.online_store:
         ping_redis(prof.online_store)
+    if prof.offline_store:
+        ensure_registry_schema(prof)
     store = FeatureStore(repo_path=str(prof.repo), config=repo_config(prof))
     if prof.online_store and prof.timeout:
         impatient_redis(store, prof.online_store, prof.timeout)
@@ -179,12 +251,30 @@ def entity_features(prof: Profile, entity: str, entity_id: str) -> dict:
     return row
 
 
+def project_of(prof: Profile) -> str:
+    return yaml.safe_load((prof.repo / "feature_store.yaml").read_text())["project"]
+
+
+def sync_offline(prof: Profile, names: list[str]) -> dict[str, int]:
+    """Where the offline store is PostgreSQL, the offline parquet tables `names` copied into it
+    (each replaced whole); rows per table. Nothing to do for DuckDB, which reads the parquet."""
+    if not prof.offline_store:
+        return {}
+    from retrieval import postgres
+
+    files = [prof.offline_dir / f"{name}.parquet" for name in names]
+    settings = postgres_settings(prof.offline_store)
+    return postgres.load(settings, project_of(prof), [f for f in files if f.exists()])
+
+
 def apply(prof: Profile) -> list[str]:
     """Register the repository's declarations (feast apply, in process); returns the view names."""
     from feast.repo_operations import apply_total_with_repo_instance
 
     store = open_store(prof)
     contents = declarations(prof.repo)
+    if prof.offline_store:
+        contents = in_postgres(contents, project_of(prof))
     apply_total_with_repo_instance(
         store, store.project, store.registry, contents, skip_source_validation=True
     )
@@ -218,6 +308,26 @@ def declarations(repo: Path) -> RepoContents:
         label_views=[],
         permissions=[],
     )
+
+
+def in_postgres(contents: RepoContents, project: str) -> RepoContents:
+    """The declarations with each view reading its table in PostgreSQL (`sync_offline`'s copy of
+    the parquet its file source names) in place of the parquet."""
+    from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+        PostgreSQLSource,
+    )
+
+    from retrieval import postgres
+
+    sources = []
+    for view in contents.feature_views:
+        file = view.batch_source
+        view.batch_source = PostgreSQLSource(
+            name=file.name, table=postgres.table_name(project, file.name),
+            timestamp_field=file.timestamp_field,
+        )  # fmt: skip
+        sources.append(view.batch_source)
+    return contents._replace(data_sources=sources)
 
 
 def _import_file(path: Path) -> ModuleType:
@@ -259,7 +369,8 @@ def materialize(prof: Profile, incremental: bool = False,
     )  # fmt: skip
     done = []
     for view in sorted(views, key=lambda v: v.name):
-        if not Path(view.batch_source.path).exists():  # e.g. item_embedding before `ttr index`
+        if not (prof.offline_dir / f"{view.batch_source.name}.parquet").exists():  # e.g.
+            # item_embedding before `ttr index`
             continue
         since = start
         if incremental and view.tags.get("kind") != "static":  # static rows carry old stamps

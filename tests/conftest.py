@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 EXIT = pytest.StashKey[int]()
 REDIS = os.environ.get("TTR_TEST_REDIS", "redis://127.0.0.1:6379/0")
+POSTGRES = os.environ.get("TTR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/ttr_test")
 
 
 def data_root() -> Path | None:
@@ -69,6 +70,29 @@ def redis_url() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return REDIS
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A PostgreSQL database for the offline profile's tests (created where missing); each test
+    keeps to its own Feast project, so tables and registry rows never meet."""
+    from urllib.parse import urlparse
+
+    import psycopg
+
+    parsed = urlparse(POSTGRES)
+    server = POSTGRES.rsplit("/", 1)[0] + "/postgres"
+    try:
+        with psycopg.connect(server, autocommit=True, connect_timeout=2) as conn:
+            name = parsed.path.strip("/")
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as err:
+        message = f"no PostgreSQL at {server}: {err}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES
 
 
 def unique_project() -> str:

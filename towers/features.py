@@ -42,7 +42,10 @@ def training_frame(store: Any, service: str, entities: pd.DataFrame) -> pd.DataF
             f"{service}: the point-in-time join returned {len(out)} rows for {len(frame)} entity "
             f"rows ({len(frame) - len(np.unique(rows))} missing)"
         )
-    return out.sort_values(ROW).drop(columns=ROW).reset_index(drop=True)
+    out = out.sort_values(ROW).drop(columns=ROW).reset_index(drop=True)
+    # the PostgreSQL store returns the entity frame's stamps without their zone (they are UTC)
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True).dt.as_unit("us")
+    return out
 
 
 def online_rows(
