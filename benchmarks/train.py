@@ -1,7 +1,7 @@
 """Training-loop benchmark: examples/s of the two towers at ml-1m's shape, against id-only towers.
 
     python benchmarks/train.py [--examples 200000] [--dim 128] [--items 3953] [--recent 200]
-        [--sparse-from 100000] [--repeats 3] [--out FILE]
+        [--sparse-from 100000] [--nproc 1 2] [--repeats 3] [--out FILE]
 
 Inputs are random tensors shaped as `ttr train` builds them for ml-1m (3,953 item ids, 18 genres,
 200 recent items, hashed title words, or the pretrained encoders' 384-d text and 1,280-d image
@@ -13,7 +13,9 @@ loop with id-only item towers (no categorical or text inputs), and the last vari
 full towers without masking each row's user's items out of its negatives
 (`--mask-seen false`: what the masks cost); an ml-1m epoch is 800,000 examples less the
 validation share, 720,000. The variants run in turn, `--repeats` rounds, and each reports its
-best round: the machine is shared, and what slows a round is other work on it.
+best round: the machine is shared, and what slows a round is other work on it. `--nproc 1 2`
+measures each variant in one process and in two under DDP (`towers.distributed`, gloo), each
+process on its share of every batch and of the cores: examples/s counts both processes' rows.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -31,6 +34,7 @@ import torch
 
 import towers
 import towers.nn
+from towers import distributed
 from towers.inputs import TEXT_BUCKETS
 from towers.item_tower import ItemTower, ItemTowerConfig
 from towers.train import TrainConfig, Validation, train
@@ -85,6 +89,7 @@ def positives(n: int, items: int, g: torch.Generator) -> torch.Tensor:
 
 
 def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: int) -> float:
+    towers.nn.SPARSE_FROM = int(os.environ["TTR_SPARSE_FROM"])  # read by towers.nn.table
     torch.manual_seed(0)
     items = len(catalogue["item"])
     user_tower = UserTower(UserTowerConfig(items, USER_FIELDS, (("genres", GENRES),), dim=dim))
@@ -94,6 +99,28 @@ def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: i
     result = train(user_tower, item_tower, users, rows, torch.zeros(items), catalogue, small,
                    TrainConfig(epochs=1, batch_size=1024, **variant.get("train", {})))  # fmt: skip
     return result["history"][0]["examples_per_s"]
+
+
+def measured(args: argparse.Namespace, variant: dict, nproc: int) -> float:
+    """Examples/s of one variant in `nproc` processes (this one where 1)."""
+    if nproc == 1:
+        return _rate(args, variant)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "rate.json"
+        distributed.launch(_rate, nproc, args, variant, out)
+        return json.loads(out.read_text())
+
+
+def _rate(args: argparse.Namespace, variant: dict, out: Path | None = None) -> float:
+    """The variant's rate on the run's inputs (built alike in every process: the same seed)."""
+    g = torch.Generator().manual_seed(0)
+    images = "image" in variant["item"]["modalities"]
+    users, catalogue = inputs(args.examples, args.items, args.recent, g, images)
+    rows = positives(args.examples, args.items, g)
+    result = rate(variant, users, catalogue, rows, args.dim)
+    if out is not None and distributed.main():
+        out.write_text(json.dumps(result))
+    return result
 
 
 def measured_commit() -> str:
@@ -116,22 +143,23 @@ def main() -> None:
     parser.add_argument("--recent", type=int, default=200, help="recent items (ml-1m's choice)")
     parser.add_argument("--sparse-from", type=int, default=towers.nn.SPARSE_FROM,
                         help="id tables of at least this many rows are sparse")  # fmt: skip
+    parser.add_argument("--nproc", type=int, nargs="+", default=[1], help="processes (DDP)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the variants")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
-    towers.nn.SPARSE_FROM = args.sparse_from  # read by towers.nn.table as it builds a table
-    g = torch.Generator().manual_seed(0)
+    os.environ["TTR_SPARSE_FROM"] = str(args.sparse_from)  # DDP processes start afresh
     images = args.items * IMAGE_DIM * 4 <= IMAGE_BYTES
     variants = {name: v for name, v in VARIANTS.items()
                 if images or "image" not in v["item"]["modalities"]}  # fmt: skip
-    users, catalogue = inputs(args.examples, args.items, args.recent, g, images)
-    rows = positives(args.examples, args.items, g)
-    rounds = [{name: rate(variant, users, catalogue, rows, args.dim)
-               for name, variant in variants.items()} for _ in range(args.repeats)]  # fmt: skip
+    runs = {f"{name}{f' ({n} processes)' if n > 1 else ''}": (variant, n)
+            for name, variant in variants.items() for n in args.nproc}  # fmt: skip
+    rounds = [{name: measured(args, variant, n) for name, (variant, n) in runs.items()}
+              for _ in range(args.repeats)]  # fmt: skip
+    variants = runs
     results = {name: max(r[name] for r in rounds) for name in variants}
-    print(f"{'item tower':48s} {'examples/s':>11s} {'ml-1m epoch s':>14s}")
+    print(f"{'item tower':62s} {'examples/s':>11s} {'ml-1m epoch s':>14s}")
     for name, r in results.items():
-        print(f"{name:48s} {r:>11,.0f} {EPOCH / r:>14.1f}")
+        print(f"{name:62s} {r:>11,.0f} {EPOCH / r:>14.1f}")
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
         "commit": measured_commit(),

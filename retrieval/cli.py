@@ -127,7 +127,7 @@ def cmd_data(args: argparse.Namespace) -> None:
     from retrieval import content, offline
 
     prof = _profile(args)
-    if prof.offline_store:
+    if prof.engine == "postgresql":
         store.ensure_registry_schema(prof)  # an unreachable server fails before any file changes
     features = _config_from(FeatureConfig, args)
     began = time.perf_counter()
@@ -439,9 +439,11 @@ def _common(parser: argparse.ArgumentParser, online: bool = True) -> None:
         help="the feature repository (default: ./feature_repo, else $TTR_REPO)",
     )
     parser.add_argument(
-        "--offline-store", default=None, metavar="duckdb|postgresql://USER@HOST:PORT/DB",
+        "--offline-store", default=None,
+        metavar="duckdb|spark[:MASTER]|postgresql://USER@HOST:PORT/DB",
         help="where the offline tables, the point-in-time joins and the registry live (default: "
-        "$TTR_OFFLINE_STORE, else duckdb: DuckDB over parquet, a registry file)",
+        "$TTR_OFFLINE_STORE, else duckdb: DuckDB over parquet, a registry file; spark: Spark "
+        "over the same parquet, e.g. spark:local[2])",
     )  # fmt: skip
     if online:
         parser.add_argument(

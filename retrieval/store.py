@@ -16,6 +16,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import time
 import urllib.parse
 import warnings
@@ -46,13 +47,19 @@ class Profile:
     online_store: str | None = None  # None: the yaml's default; else redis://HOST:PORT[/DB]
     timeout: float | None = None  # Redis: connect and read timeout, no retries (serving); None:
     # the client's defaults (batch commands: a 20,000-row write may take a while)
-    offline_store: str | None = (
-        None  # None: DuckDB over parquet; else postgresql://USER@HOST:PORT/DB
-    )
+    offline_store: str | None = None  # None: DuckDB over parquet; else spark[:MASTER] or
+    # postgresql://USER@HOST:PORT/DB
 
     @property
     def offline_dir(self) -> Path:
         return self.repo / "data" / "offline"
+
+    @property
+    def engine(self) -> str:
+        """The offline engine: duckdb, spark or postgresql."""
+        if not self.offline_store:
+            return "duckdb"
+        return "spark" if self.offline_store.split(":")[0] == "spark" else "postgresql"
 
 
 def profile(repo: str | Path, online_store: str | None = None, timeout: float | None = None,
@@ -65,8 +72,8 @@ def profile(repo: str | Path, online_store: str | None = None, timeout: float | 
     offline = offline_store or os.environ.get(OFFLINE_STORE_ENV) or None
     if offline == "duckdb":
         offline = None
-    if offline is not None:
-        postgres_settings(offline)  # a malformed URL fails here, before anything runs
+    if offline is not None:  # a malformed value fails here, before anything runs
+        spark_master(offline) if offline.split(":")[0] == "spark" else postgres_settings(offline)
     return Profile(path, online_store or os.environ.get(ONLINE_STORE_ENV) or None, timeout, offline)
 
 
@@ -92,6 +99,25 @@ def redis_settings(url: str) -> tuple[str, str]:
     if not db.isdigit():
         raise TTRError(f"online store {url!r}: database {db!r} is not a number")
     return f"{parsed.hostname}:{port},db={db}", f"redis-{parsed.hostname}-{port}-{db}"
+
+
+SPARK_CONF = {  # beside the master: what Feast's Spark store needs to join correctly here
+    "spark.sql.session.timeZone": "UTC",  # event times are UTC; Spark's default is the host's
+    "spark.sql.execution.arrow.pyspark.enabled": "true",  # pandas <-> Spark through arrow
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.log.level": "ERROR",
+    "spark.sql.shuffle.partitions": "8",  # small joins: the default 200 tasks cost seconds
+}
+
+
+def spark_master(value: str) -> str:
+    """The Spark master of `spark` (local[*]) or `spark:MASTER` (local[2], spark://HOST:7077,
+    yarn, k8s://...)."""
+    name, _, master = value.partition(":")
+    if name != "spark" or (_ and not master):
+        raise TTRError(f"offline store {value!r} is not of the form spark[:MASTER]")
+    return master or "local[*]"
 
 
 def postgres_settings(url: str) -> dict:
@@ -154,7 +180,13 @@ def repo_config(prof: Profile) -> RepoConfig:
         # older timestamps would leave the old values online
         raw["online_store"] = {"type": "redis", "connection_string": connection, "skip_dedup": True}
         raw["registry"] = {**raw["registry"], "path": f"data/registry-{tag}.db"}
-    if prof.offline_store:
+    if prof.engine == "spark":
+        conf = {"spark.master": spark_master(prof.offline_store), **SPARK_CONF}
+        raw["offline_store"] = {"type": "spark", "spark_conf": conf}
+        raw["batch_engine"] = {"type": "spark.engine", "partitions": 4}
+        path = raw["registry"]["path"].removesuffix(".db") + "-spark.db"  # its sources' own
+        raw["registry"] = {**raw["registry"], "path": path}
+    if prof.engine == "postgresql":
         settings, schema = postgres_settings(prof.offline_store), registry_schema(raw["project"])
         raw["offline_store"] = {"type": "postgres", **settings}
         path = postgres_url(settings, "postgresql+psycopg") + f"&options=-csearch_path%3D{schema}"
@@ -174,8 +206,11 @@ def open_store(prof: Profile) -> FeatureStore:
 
     if prof.online_store:
         ping_redis(prof.online_store)
-    if prof.offline_store:
+    if prof.engine == "postgresql":
         ensure_registry_schema(prof)
+    if prof.engine == "spark":  # Spark's Python workers run feast too: this interpreter's
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     store = FeatureStore(repo_path=str(prof.repo), config=repo_config(prof))
     if prof.online_store and prof.timeout:
         impatient_redis(store, prof.online_store, prof.timeout)
@@ -258,7 +293,7 @@ def project_of(prof: Profile) -> str:
 def sync_offline(prof: Profile, names: list[str]) -> dict[str, int]:
     """Where the offline store is PostgreSQL, the offline parquet tables `names` copied into it
     (each replaced whole); rows per table. Nothing to do for DuckDB, which reads the parquet."""
-    if not prof.offline_store:
+    if prof.engine != "postgresql":
         return {}
     from retrieval import postgres
 
@@ -273,8 +308,10 @@ def apply(prof: Profile) -> list[str]:
 
     store = open_store(prof)
     contents = declarations(prof.repo)
-    if prof.offline_store:
+    if prof.engine == "postgresql":
         contents = in_postgres(contents, project_of(prof))
+    if prof.engine == "spark":
+        contents = in_spark(contents)
     apply_total_with_repo_instance(
         store, store.project, store.registry, contents, skip_source_validation=True
     )
@@ -330,6 +367,21 @@ def in_postgres(contents: RepoContents, project: str) -> RepoContents:
     return contents._replace(data_sources=sources)
 
 
+def in_spark(contents: RepoContents) -> RepoContents:
+    """The declarations with each view reading its parquet through Spark."""
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+    sources = []
+    for view in contents.feature_views:
+        file = view.batch_source
+        view.batch_source = SparkSource(
+            name=file.name, path=file.path, file_format="parquet",
+            timestamp_field=file.timestamp_field,
+        )  # fmt: skip
+        sources.append(view.batch_source)
+    return contents._replace(data_sources=sources)
+
+
 def _import_file(path: Path) -> ModuleType:
     name = f"_ttr_repo_{abs(hash(str(path)))}_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -355,7 +407,7 @@ def materialize(prof: Profile, incremental: bool = False,
     """Every feature view over the whole time range of the data; with `incremental`, each
     time-series view from its last run's end (inclusive, so the last day's rows are refreshed)."""
     from retrieval.catalogue import read_meta
-    from retrieval.materialize import materialize_view
+    from retrieval.materialize import materialize_view, materialize_with_engine
 
     meta = read_meta(prof.offline_dir)
     start, end = datetime.fromisoformat(meta["start"]), datetime.fromisoformat(meta["end"])
@@ -376,6 +428,10 @@ def materialize(prof: Profile, incremental: bool = False,
         if incremental and view.tags.get("kind") != "static":  # static rows carry old stamps
             since = min(view.most_recent_end_time or start, end)
         began = time.perf_counter()
-        rows = materialize_view(store, view, since, end, progress)
+        if prof.engine == "spark":
+            parquet = prof.offline_dir / f"{view.batch_source.name}.parquet"
+            rows = materialize_with_engine(store, view, since, end, parquet)
+        else:
+            rows = materialize_view(store, view, since, end, progress)
         done.append(Materialized(view.name, since, end, rows, time.perf_counter() - began))
     return done

@@ -95,6 +95,20 @@ def postgres_url() -> str:
     return POSTGRES
 
 
+@pytest.fixture(scope="session")
+def java() -> str:
+    """The java that Spark's local mode runs on."""
+    import shutil
+
+    found = shutil.which("java")
+    if found is None:
+        message = "no java for Spark (Debian: openjdk-17-jre-headless)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
 def unique_project() -> str:
     return f"ttr_test_{uuid.uuid4().hex[:10]}"
 

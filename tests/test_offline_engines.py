@@ -1,7 +1,9 @@
 """The same answers on every offline engine: ml-100k through the CLI on the embedded default
-(DuckDB over parquet, a registry file) and on the PostgreSQL profile (the offline tables in
-PostgreSQL, Feast's PostgreSQL offline store, the SQL registry on the same server): the online
-features of every user and item, and the training sets row for row and value for value."""
+(DuckDB over parquet, a registry file), on the Spark profile (Feast's Spark offline store in local
+mode over the same parquet, its `spark.engine` materialization) and on the PostgreSQL profile (the
+offline tables in PostgreSQL, Feast's PostgreSQL offline store, the SQL registry on the same
+server): the online features of every user and item, and the training sets row for row and value
+for value."""
 
 from __future__ import annotations
 
@@ -17,13 +19,17 @@ from towers.features import training_frame
 pytestmark = pytest.mark.slow
 
 
+OTHERS = ("spark", "postgres")
+
+
 @pytest.fixture(scope="module")
-def engines(tmp_path_factory, postgres_url):
+def engines(tmp_path_factory, postgres_url, java):
     from conftest import copy_repo, need_data, unique_project
 
     data = ["--dataset", "ml-100k", "--data-dir", str(need_data("ml-100k"))]
     profiles = {}
-    for name, offline in (("duckdb", "duckdb"), ("postgres", postgres_url)):
+    stores = {"duckdb": "duckdb", "spark": "spark:local[2]", "postgres": postgres_url}
+    for name, offline in stores.items():
         repo = copy_repo(tmp_path_factory.mktemp(name), unique_project())
         common = ["--repo", str(repo), "--offline-store", offline]
         for step in (["data", *data], ["apply"], ["materialize"]):
@@ -56,35 +62,40 @@ def test_the_postgres_profile_keeps_its_tables_and_registry_in_postgres(engines)
     assert {type(v.batch_source).__name__ for v in views} == {"PostgreSQLSource"}
 
 
-def test_online_features_equal_on_both_engines_for_every_user_and_item(engines):
+@pytest.mark.parametrize("other", OTHERS)
+def test_online_features_equal_duckdbs_for_every_user_and_item(engines, other):
     from conftest import online_snapshot
 
-    duck, pg = (online_snapshot(engines[name]) for name in ("duckdb", "postgres"))
-    assert duck.keys() == pg.keys() and len(duck) >= 5
+    duck, them = (online_snapshot(engines[name]) for name in ("duckdb", other))
+    assert duck.keys() == them.keys() and len(duck) >= 5
     for view in duck:
-        assert len(duck[view]) == len(pg[view]) > 0, view
-        pd.testing.assert_frame_equal(as_text(duck[view]), as_text(pg[view].loc[duck[view].index]))
+        assert len(duck[view]) == len(them[view]) > 0, view
+        expected = as_text(duck[view])
+        pd.testing.assert_frame_equal(expected, as_text(them[view].loc[duck[view].index]))
 
 
-def training_sets(engines: dict, service: str, entities: pd.DataFrame) -> list[pd.DataFrame]:
+def training_sets(engines: dict, other: str, service: str,
+                  entities: pd.DataFrame) -> list[pd.DataFrame]:  # fmt: skip
     return [training_frame(store.open_store(engines[name]), service, entities)
-            for name in ("duckdb", "postgres")]  # fmt: skip
+            for name in ("duckdb", other)]  # fmt: skip
 
 
-def test_training_sets_equal_row_for_row_on_all_of_ml100k(engines):
+@pytest.mark.parametrize("other", OTHERS)
+def test_training_sets_equal_duckdbs_row_for_row_on_all_of_ml100k(engines, other):
     prof = engines["duckdb"]
     inter = pq.read_table(prof.offline_dir / "interactions.parquet").to_pandas()
     entities = inter[["user_id", "item_id", "event_timestamp"]]
-    duck, pg = training_sets(engines, "user_tower", entities)
-    assert len(duck) == len(pg) == len(entities) == 100_000
-    assert (duck.dtypes == pg.dtypes).all()
-    pd.testing.assert_frame_equal(as_text(duck), as_text(pg))
+    duck, them = training_sets(engines, other, "user_tower", entities)
+    assert len(duck) == len(them) == len(entities) == 100_000
+    assert (duck.dtypes == them.dtypes).all()
+    pd.testing.assert_frame_equal(as_text(duck), as_text(them))
     items = pd.DataFrame({"item_id": np.arange(1, 1683), "event_timestamp": entities.iloc[-1, 2]})
-    duck, pg = training_sets(engines, "item_tower", items)
-    pd.testing.assert_frame_equal(as_text(duck), as_text(pg))
+    duck, them = training_sets(engines, other, "item_tower", items)
+    pd.testing.assert_frame_equal(as_text(duck), as_text(them))
 
 
-def test_rows_sharing_key_and_time_and_unknown_keys_keep_one_row_each(engines):
+@pytest.mark.parametrize("other", OTHERS)
+def test_rows_sharing_key_and_time_and_unknown_keys_keep_one_row_each(engines, other):
     """Entity rows that share (user, time) each get their row; a user the tables never saw gets
     one row of nulls; a time before the user's first activity sees none of it."""
     prof = engines["duckdb"]
@@ -96,9 +107,9 @@ def test_rows_sharing_key_and_time_and_unknown_keys_keep_one_row_each(engines):
         rows.iloc[:50].assign(user_id=10_000 + np.arange(50)),  # users with no features
         rows.iloc[:50].assign(event_timestamp=first),  # before any activity
     ], ignore_index=True)  # fmt: skip
-    duck, pg = training_sets(engines, "user_tower", entities)
-    assert len(duck) == len(pg) == len(entities) == 800
-    pd.testing.assert_frame_equal(as_text(duck), as_text(pg))
+    duck, them = training_sets(engines, other, "user_tower", entities)
+    assert len(duck) == len(them) == len(entities) == 800
+    pd.testing.assert_frame_equal(as_text(duck), as_text(them))
     assert as_text(duck.iloc[500:700]).reset_index(drop=True).equals(
         as_text(duck.iloc[:200]).reset_index(drop=True))  # fmt: skip
     assert duck["interaction_count"].iloc[700:].isna().all()
@@ -110,7 +121,17 @@ def test_rows_sharing_key_and_time_and_unknown_keys_keep_one_row_each(engines):
     assert 0 < active.mean() < 1
 
 
+def test_the_spark_profile_reads_the_parquet_through_spark_sources(engines):
+    prof = engines["spark"]
+    config = store.repo_config(prof)
+    assert config.offline_store.spark_conf["spark.sql.session.timeZone"] == "UTC"
+    assert config.batch_engine_config["type"] == "spark.engine"
+    views = store.open_store(prof).list_feature_views()
+    assert {type(v.batch_source).__name__ for v in views} == {"SparkSource"}
+
+
 @pytest.mark.parametrize(("url", "fragment"), [
+    ("spark:", "spark[:MASTER]"),
     ("postgresql://127.0.0.1:5432/db", "is not of the form"),
     ("postgresql://postgres@127.0.0.1:5432", "no database name"),
     ("mysql://postgres@127.0.0.1/db", "is not of the form"),
