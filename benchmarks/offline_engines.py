@@ -1,13 +1,15 @@
-"""Offline engines: `ttr data`, materialization and a training read on the PostgreSQL profile,
-against the embedded default (DuckDB in process over parquet) in the same run.
+"""Offline engines: `ttr data`, materialization and a training read on the Spark and PostgreSQL
+profiles, against the embedded default (DuckDB in process over parquet) in the same run.
 
     python benchmarks/offline_engines.py [--dataset ml-100k] [--data-dir DIR]
-        [--postgres postgresql://postgres@127.0.0.1:5432/ttr_bench] [--out FILE]
+        [--spark local[2]] [--postgres postgresql://postgres@127.0.0.1:5432/ttr_bench]
+        [--out FILE]
 
 Each engine gets a fresh copy of the feature repository (its own Feast project) and runs, in
 this process: `ttr data` (on PostgreSQL, with the copy of its tables), `ttr apply`, `ttr
-materialize` (SQLite online for both: rows/s per view), and the point-in-time training read of
-every interaction through the `user_tower` service (`towers.features.training_frame`).
+materialize` (SQLite online for all: rows/s per view; Spark's through Feast's `spark.engine`, the
+others through the project's batch path), and the point-in-time training read of every
+interaction through the `user_tower` service (`towers.features.training_frame`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
+    parser.add_argument("--spark", default="local[2]", help="the Spark master")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/ttr_bench")
     out = ROOT / "benchmarks" / "results" / "offline_engines.json"
     parser.add_argument("--out", default=str(out))
@@ -71,7 +74,8 @@ def main() -> None:
     data = ["--dataset", args.dataset, "--data-dir", args.data_dir]
     results = {}
     with tempfile.TemporaryDirectory() as folder:
-        for name, offline in (("duckdb", "duckdb"), ("postgresql", args.postgres)):
+        stores = {"duckdb": "duckdb", "spark": f"spark:{args.spark}", "postgresql": args.postgres}
+        for name, offline in stores.items():
             results[name] = engine(Path(folder) / name, offline, data)
     base = results["duckdb"]
     print(f"{'engine':12s} {'data s':>8s} {'materialize rows/s':>19s} {'x':>6s} "

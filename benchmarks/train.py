@@ -1,13 +1,13 @@
 """Training-loop benchmark: examples/s of the two towers at ml-1m's shape, against id-only towers.
 
     python benchmarks/train.py [--examples 200000] [--dim 128] [--items 3953] [--recent 200]
-        [--sparse-from 100000] [--nproc 1 2] [--repeats 3] [--out FILE]
+        [--dense-too] [--nproc 1 2] [--repeats 3] [--out FILE]
 
 Inputs are random tensors shaped as `ttr train` builds them for ml-1m (3,953 item ids, 18 genres,
 200 recent items, hashed title words, or the pretrained encoders' 384-d text and 1,280-d image
 vectors where `ttr content` ran), so the loop is measured apart from Feast. `--items` sets the
-catalogue's size (from `towers.nn.SPARSE_FROM` items the id tables are sparse, as `ttr train`
-makes them; `--sparse-from` moves that line, to measure dense tables there); variants whose
+catalogue's sizes (from `towers.nn.SPARSE_FROM` items the id tables are sparse, as `ttr train`
+makes them; `--dense-too` measures dense tables there as well); variants whose
 image vectors would take more than 2 GB are left out. The baseline in the same run is the same
 loop with id-only item towers (no categorical or text inputs), and the last variant trains the
 full towers without masking each row's user's items out of its negatives
@@ -89,7 +89,6 @@ def positives(n: int, items: int, g: torch.Generator) -> torch.Tensor:
 
 
 def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: int) -> float:
-    towers.nn.SPARSE_FROM = int(os.environ["TTR_SPARSE_FROM"])  # read by towers.nn.table
     torch.manual_seed(0)
     items = len(catalogue["item"])
     user_tower = UserTower(UserTowerConfig(items, USER_FIELDS, (("genres", GENRES),), dim=dim))
@@ -101,22 +100,45 @@ def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: i
     return result["history"][0]["examples_per_s"]
 
 
-def measured(args: argparse.Namespace, variant: dict, nproc: int) -> float:
-    """Examples/s of one variant in `nproc` processes (this one where 1)."""
-    if nproc == 1:
-        return _rate(args, variant)
+def runs_at(args: argparse.Namespace, items: int) -> dict[str, dict]:
+    """The runs at one catalogue size, by name: each variant (the image ones where their vectors
+    fit IMAGE_BYTES) at each process count, and dense where the tables are sparse and asked."""
+    images = items * IMAGE_DIM * 4 <= IMAGE_BYTES
+    line = towers.nn.SPARSE_FROM
+    lines = [line] + [items + 1] * (args.dense_too and items >= line)  # items + 1: dense
+    out = {}
+    for name, variant in VARIANTS.items():
+        if not images and "image" in variant["item"]["modalities"]:
+            continue
+        for nproc in args.nproc:
+            for sparse_from in lines:
+                tables = "sparse" if items >= sparse_from else "dense"
+                label = f"{name}, {items:,} items ({tables} ids)"
+                label += f", {nproc} processes" * (nproc > 1)
+                out[label] = {"variant": variant, "items": items, "sparse_from": sparse_from,
+                              "nproc": nproc}  # fmt: skip
+    return out
+
+
+def measured(args: argparse.Namespace, run: dict) -> float:
+    """Examples/s of one run (variant, items, sparse_from, nproc) in `nproc` processes (this one
+    where 1)."""
+    if run["nproc"] == 1:
+        return _rate(args, run)
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "rate.json"
-        distributed.launch(_rate, nproc, args, variant, out)
+        distributed.launch(_rate, run["nproc"], args, run, out)
         return json.loads(out.read_text())
 
 
-def _rate(args: argparse.Namespace, variant: dict, out: Path | None = None) -> float:
-    """The variant's rate on the run's inputs (built alike in every process: the same seed)."""
+def _rate(args: argparse.Namespace, run: dict, out: Path | None = None) -> float:
+    """The run's rate on its inputs (built alike in every process: the same seed)."""
+    towers.nn.SPARSE_FROM = run["sparse_from"]  # read by towers.nn.table as it builds a table
     g = torch.Generator().manual_seed(0)
+    variant, items = run["variant"], run["items"]
     images = "image" in variant["item"]["modalities"]
-    users, catalogue = inputs(args.examples, args.items, args.recent, g, images)
-    rows = positives(args.examples, args.items, g)
+    users, catalogue = inputs(args.examples, items, args.recent, g, images)
+    rows = positives(args.examples, items, g)
     result = rate(variant, users, catalogue, rows, args.dim)
     if out is not None and distributed.main():
         out.write_text(json.dumps(result))
@@ -139,27 +161,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=128, help="towers' width (ml-1m's choice)")
-    parser.add_argument("--items", type=int, default=3_953, help="catalogue size (ml-1m's)")
+    parser.add_argument("--items", type=int, nargs="+", default=[3_953],
+                        help="catalogue sizes (ml-1m's)")  # fmt: skip
     parser.add_argument("--recent", type=int, default=200, help="recent items (ml-1m's choice)")
-    parser.add_argument("--sparse-from", type=int, default=towers.nn.SPARSE_FROM,
-                        help="id tables of at least this many rows are sparse")  # fmt: skip
+    parser.add_argument("--dense-too", action="store_true",
+                        help="where the id tables are sparse, also measure them dense")  # fmt: skip
     parser.add_argument("--nproc", type=int, nargs="+", default=[1], help="processes (DDP)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the variants")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
-    os.environ["TTR_SPARSE_FROM"] = str(args.sparse_from)  # DDP processes start afresh
-    images = args.items * IMAGE_DIM * 4 <= IMAGE_BYTES
-    variants = {name: v for name, v in VARIANTS.items()
-                if images or "image" not in v["item"]["modalities"]}  # fmt: skip
-    runs = {f"{name}{f' ({n} processes)' if n > 1 else ''}": (variant, n)
-            for name, variant in variants.items() for n in args.nproc}  # fmt: skip
-    rounds = [{name: measured(args, variant, n) for name, (variant, n) in runs.items()}
+    runs = {name: run for items in args.items for name, run in runs_at(args, items).items()}
+    rounds = [{name: measured(args, run) for name, run in runs.items()}
               for _ in range(args.repeats)]  # fmt: skip
     variants = runs
     results = {name: max(r[name] for r in rounds) for name in variants}
-    print(f"{'item tower':62s} {'examples/s':>11s} {'ml-1m epoch s':>14s}")
+    print(f"{'item tower':92s} {'examples/s':>11s} {'ml-1m epoch s':>14s}")
     for name, r in results.items():
-        print(f"{name:62s} {r:>11,.0f} {EPOCH / r:>14.1f}")
+        print(f"{name:92s} {r:>11,.0f} {EPOCH / r:>14.1f}")
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
         "commit": measured_commit(),
@@ -167,7 +185,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
         "examples": args.examples, "dim": args.dim, "items": args.items, "recent": args.recent,
-        "sparse_ids": args.items >= args.sparse_from, "examples_per_s": results,
+        "sparse_from": towers.nn.SPARSE_FROM, "examples_per_s": results,
         "rounds": rounds,
         "ml1m_epoch_s": {name: EPOCH / r for name, r in results.items()},
     }  # fmt: skip

@@ -28,16 +28,18 @@ def data_root() -> Path | None:
     return root if root.is_dir() else None
 
 
+def unavailable(message: str) -> None:
+    """A test's real service or data is missing: skipped locally, a failure in CI."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def need_data(name: str) -> Path:
     """The raw files of a real dataset; skipped locally when absent, a failure in CI."""
     root = data_root()
     if root is None or not (root / name).is_dir():
-        message = (
-            f"real data {name} not found (set TTR_DATA_DIR or put shared/data beside the repo)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"real data {name} not found (TTR_DATA_DIR, or shared/data beside the repo)")
     return root / name
 
 
@@ -65,10 +67,7 @@ def redis_up(url: str = REDIS) -> bool:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     if not redis_up():
-        message = f"no Redis at {REDIS}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"no Redis at {REDIS}")
     return REDIS
 
 
@@ -88,10 +87,7 @@ def postgres_url() -> str:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                 conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as err:
-        message = f"no PostgreSQL at {server}: {err}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"no PostgreSQL at {server}: {err}")
     return POSTGRES
 
 
@@ -102,10 +98,7 @@ def java() -> str:
 
     found = shutil.which("java")
     if found is None:
-        message = "no java for Spark (Debian: openjdk-17-jre-headless)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("no java for Spark (Debian: openjdk-17-jre-headless)")
     return found
 
 

@@ -5,12 +5,11 @@ labelled so. Screenshots go to the test's temporary folder."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import copy_repo, need_data, unique_project
+from conftest import copy_repo, need_data, unavailable, unique_project
 from servers import get, serve, stop
 
 from retrieval.cli import run
@@ -21,12 +20,8 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 def need_browser() -> None:
     """Chromium and its driver; skipped locally where missing, a failure in CI (`.ci/run`
     installs them)."""
-    if CHROMIUM and DRIVER:
-        return
-    message = "no chromium / chromedriver (Debian: apt-get install chromium chromium-driver)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    if not (CHROMIUM and DRIVER):
+        unavailable("no chromium / chromedriver (Debian: apt-get install chromium chromium-driver)")
 
 
 @pytest.fixture(scope="module")
