@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -179,8 +178,7 @@ def materialize_with_engine(store: FeatureStore, view: FeatureView, start: datet
     """Feast's own materialization of `view` through the repository's batch engine (the Spark
     profile's `spark.engine`: Spark reads, Spark's workers write online), the interval recorded
     by Feast; returns the entity rows it covered (counted in the view's parquet)."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "the spark data source API is alpha"
+    with contextlib.redirect_stdout(io.StringIO()):
         store.materialize(start, end, feature_views=[view.name])  # prints its own banner
     (key,) = view.join_keys
     stamp = view.batch_source.timestamp_field

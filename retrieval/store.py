@@ -211,6 +211,13 @@ def open_store(prof: Profile) -> FeatureStore:
     if prof.engine == "spark":  # Spark's Python workers run feast too: this interpreter's
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        # Feast warns each time it builds a Spark source; its Spark store, imported, resets the
+        # RuntimeWarning filters: imported first, then silenced
+        import feast.infra.offline_stores.contrib.spark_offline_store.spark  # noqa: F401
+
+        warnings.filterwarnings(
+            "ignore", "The spark data source API is an experimental", RuntimeWarning
+        )
     store = FeatureStore(repo_path=str(prof.repo), config=repo_config(prof))
     if prof.online_store and prof.timeout:
         impatient_redis(store, prof.online_store, prof.timeout)
