@@ -73,7 +73,8 @@ def profile(repo: str | Path, online_store: str | None = None, timeout: float | 
     if offline == "duckdb":
         offline = None
     if offline is not None:  # a malformed value fails here, before anything runs
-        spark_master(offline) if offline.split(":")[0] == "spark" else postgres_settings(offline)
+        check = spark_master if offline.split(":")[0] == "spark" else postgres_settings
+        check(offline)
     return Profile(path, online_store or os.environ.get(ONLINE_STORE_ENV) or None, timeout, offline)
 
 
@@ -180,23 +181,27 @@ def repo_config(prof: Profile) -> RepoConfig:
         # older timestamps would leave the old values online
         raw["online_store"] = {"type": "redis", "connection_string": connection, "skip_dedup": True}
         raw["registry"] = {**raw["registry"], "path": f"data/registry-{tag}.db"}
-    if prof.engine == "spark":
-        conf = {"spark.master": spark_master(prof.offline_store), **SPARK_CONF}
-        raw["offline_store"] = {"type": "spark", "spark_conf": conf}
-        raw["batch_engine"] = {"type": "spark.engine", "partitions": 4}
-        path = raw["registry"]["path"].removesuffix(".db") + "-spark.db"  # its sources' own
-        raw["registry"] = {**raw["registry"], "path": path}
-    if prof.engine == "postgresql":
-        settings, schema = postgres_settings(prof.offline_store), registry_schema(raw["project"])
-        raw["offline_store"] = {"type": "postgres", **settings}
-        path = postgres_url(settings, "postgresql+psycopg") + f"&options=-csearch_path%3D{schema}"
-        raw["registry"] = {
-            "registry_type": "sql", "path": path, "cache_ttl_seconds": 0,
-            "sqlalchemy_config_kwargs": {"pool_pre_ping": True},
-        }  # fmt: skip
+    raw = _with_offline(raw, prof)
     config = RepoConfig(**raw)
     config.repo_path = prof.repo
     return config
+
+
+def _with_offline(raw: dict, prof: Profile) -> dict:
+    """The repository's settings with the profile's offline store (and the registry it keeps)."""
+    if prof.engine == "spark":
+        conf = {"spark.master": spark_master(prof.offline_store), **SPARK_CONF}
+        path = raw["registry"]["path"].removesuffix(".db") + "-spark.db"  # its sources' own
+        return {**raw, "offline_store": {"type": "spark", "spark_conf": conf},
+                "batch_engine": {"type": "spark.engine", "partitions": 4},
+                "registry": {**raw["registry"], "path": path}}  # fmt: skip
+    if prof.engine == "postgresql":
+        settings, schema = postgres_settings(prof.offline_store), registry_schema(raw["project"])
+        path = postgres_url(settings, "postgresql+psycopg") + f"&options=-csearch_path%3D{schema}"
+        registry = {"registry_type": "sql", "path": path, "cache_ttl_seconds": 0,
+                    "sqlalchemy_config_kwargs": {"pool_pre_ping": True}}  # fmt: skip
+        return {**raw, "offline_store": {"type": "postgres", **settings}, "registry": registry}
+    return raw
 
 
 def open_store(prof: Profile) -> FeatureStore:
