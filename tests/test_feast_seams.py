@@ -72,3 +72,27 @@ def test_the_redis_store_uses_the_client_we_give_it(small, redis_url):
         feast_store.get_online_features(features=["user_activity:interaction_count"],
                                         entity_rows=[{"user_id": 1}])  # fmt: skip
     assert time.perf_counter() - began < 1.0
+
+
+def test_the_duckdb_store_joins_on_ibis_default_backend_which_we_cap(small, monkeypatch):
+    """Feast's DuckDB offline store runs its point-in-time joins on ibis's default backend; the
+    project caps that backend's memory (`store.cap_duckdb`). A cap too small for the join makes
+    the join fail: so the join ran there."""
+    import ibis
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from towers.features import training_frame
+
+    feast_store = store.open_store(small)
+    limit = ibis.get_backend().raw_sql("SELECT current_setting('memory_limit')").fetchone()[0]
+    assert limit == "2.7 GiB"  # store.DUCKDB_MEMORY, 3GB
+    inter = pq.read_table(small.offline_dir / "interactions.parquet").to_pandas()
+    entities = inter[["user_id", "item_id", "event_timestamp"]]
+    assert len(training_frame(feast_store, "user_tower", entities)) == len(entities)
+    monkeypatch.setenv("TTR_DUCKDB_MEMORY", "1KB")
+    feast_store = store.open_store(small)
+    with pytest.raises(Exception, match="(?i)memory"):
+        training_frame(feast_store, "user_tower", pd.concat([entities] * 50))
+    monkeypatch.delenv("TTR_DUCKDB_MEMORY")
+    store.open_store(small)  # the cap back for the tests after this one
