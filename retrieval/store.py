@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import urllib.parse
 import warnings
@@ -161,14 +162,15 @@ def registry_schema(project: str) -> str:
 def ensure_registry_schema(prof: Profile) -> None:
     import psycopg
 
+    from retrieval import postgres
+
     settings = postgres_settings(prof.offline_store)
     schema = registry_schema(project_of(prof))
     try:
         with psycopg.connect(postgres_url(settings), autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     except psycopg.Error as err:
-        where = f"{settings['user']}@{settings['host']}:{settings['port']}/{settings['database']}"
-        raise TTRError(f"PostgreSQL offline store {where}: {' '.join(str(err).split())}") from err
+        raise postgres.failure(settings, err) from err
 
 
 def repo_config(prof: Profile) -> RepoConfig:
@@ -192,12 +194,14 @@ def repo_config(prof: Profile) -> RepoConfig:
 
 def cap_duckdb(limit: str) -> None:
     """Feast's DuckDB offline store runs its joins on ibis's default backend: make that a DuckDB
-    connection capped at `limit` (once a process; pinned by a test)."""
+    connection capped at `limit`, spilling what does not fit to the system's temporary folder
+    (once a process; pinned by a test)."""
     import ibis
 
     backend = ibis.get_backend()
     if getattr(backend, "ttr_memory_limit", None) != limit:
-        backend = ibis.duckdb.connect(memory_limit=limit)
+        spill = Path(tempfile.gettempdir()) / "ttr-duckdb"  # not ./.tmp, DuckDB's default
+        backend = ibis.duckdb.connect(memory_limit=limit, temp_directory=str(spill))
         backend.ttr_memory_limit = limit
         ibis.set_backend(backend)
 

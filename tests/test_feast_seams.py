@@ -87,6 +87,8 @@ def test_the_duckdb_store_joins_on_ibis_default_backend_which_we_cap(small, monk
     feast_store = store.open_store(small)
     limit = ibis.get_backend().raw_sql("SELECT current_setting('memory_limit')").fetchone()[0]
     assert limit == "2.7 GiB"  # store.DUCKDB_MEMORY, 3GB
+    spill = ibis.get_backend().raw_sql("SELECT current_setting('temp_directory')").fetchone()[0]
+    assert spill.endswith("ttr-duckdb")  # never a .tmp folder in the user's working directory
     inter = pq.read_table(small.offline_dir / "interactions.parquet").to_pandas()
     entities = inter[["user_id", "item_id", "event_timestamp"]]
     assert len(training_frame(feast_store, "user_tower", entities)) == len(entities)
