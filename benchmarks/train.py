@@ -173,8 +173,7 @@ def main() -> None:
     runs = {name: run for items in args.items for name, run in runs_at(args, items).items()}
     rounds = [{name: measured(args, run) for name, run in runs.items()}
               for _ in range(args.repeats)]  # fmt: skip
-    variants = runs
-    results = {name: max(r[name] for r in rounds) for name in variants}
+    results = {name: max(r[name] for r in rounds) for name in runs}
     print(f"{'item tower':92s} {'examples/s':>11s} {'ml-1m epoch s':>14s}")
     for name, r in results.items():
         print(f"{name:92s} {r:>11,.0f} {EPOCH / r:>14.1f}")

@@ -4,9 +4,13 @@ and why. A flag given by the user wins over every rule here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 RECENT_ORDERED = 20  # recent items where rows carry time order (ml-100k and amazon-hin validate it)
 RECENT_QUANTILE = 0.9  # where they carry none: this quantile of the users' history lengths,
@@ -56,3 +60,15 @@ def epochs(training_rows: int, refit: bool) -> Choice:
     refit_note = " (and about as many again in the refit)" * refit
     return Choice(value, f"{training_rows:,} training rows an epoch{refit_note}: {EXAMPLES:,} "
                          f"examples in all allow {value} epochs, kept within {EPOCHS}")  # fmt: skip
+
+
+def settle(cfg: T, rules: dict[str, Callable[[], Choice]]) -> tuple[T, dict]:
+    """`cfg` (a config dataclass) with each field that `rules` names and `cfg` leaves at 0 set by
+    its rule; and every such field's choice and reason ("given" where the user set it)."""
+    choices = {}
+    for name, rule in rules.items():
+        given = getattr(cfg, name)
+        choice = Choice(given, "given") if given else rule()
+        cfg = replace(cfg, **{name: choice.value})
+        choices[name] = choice.to_json()
+    return cfg, choices

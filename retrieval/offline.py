@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -141,11 +141,12 @@ def _by_weight(cells: list[list[str]], weight: np.ndarray) -> list[str]:
 
 def _chosen(cfg: FeatureConfig, feat: pd.DataFrame) -> tuple[FeatureConfig, dict]:
     """`cfg` with what it leaves to the data chosen by its rule (the choice and reason beside)."""
-    if cfg.recent_items:
-        return cfg, {"recent_items": {"value": cfg.recent_items, "reason": "given"}}
-    per_user = feat["user_id"].value_counts().to_numpy()
-    choice = adapt.recent_items(per_user, ordered=feat["timestamp"].nunique() > 1)
-    return replace(cfg, recent_items=choice.value), {"recent_items": choice.to_json()}
+
+    def recent() -> adapt.Choice:
+        per_user = feat["user_id"].value_counts().to_numpy()
+        return adapt.recent_items(per_user, ordered=feat["timestamp"].nunique() > 1)
+
+    return adapt.settle(cfg, {"recent_items": recent})
 
 
 def _cells(column: pd.Series) -> list[list[str]]:

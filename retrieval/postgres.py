@@ -46,9 +46,14 @@ def load(settings: dict, project: str, files: list[Path]) -> dict[str, int]:
             for path in files:
                 done[path.stem] = _replace(conn, table_name(project, path.stem), path)
     except psycopg.Error as err:
-        where = f"{settings['user']}@{settings['host']}:{settings['port']}/{settings['database']}"
-        raise TTRError(f"PostgreSQL offline store {where}: {' '.join(str(err).split())}") from err
+        raise failure(settings, err) from err
     return done
+
+
+def failure(settings: dict, err: Exception) -> TTRError:
+    """A PostgreSQL error as one line naming the server."""
+    where = f"{settings['user']}@{settings['host']}:{settings['port']}/{settings['database']}"
+    return TTRError(f"PostgreSQL offline store {where}: {' '.join(str(err).split())}")
 
 
 def _replace(conn: object, table: str, path: Path) -> int:

@@ -301,13 +301,7 @@ def chosen(cfg: TrainConfig, sp: Split) -> tuple[TrainConfig, dict]:
     """`cfg` with what it leaves to the data chosen by its rule (the choices and reasons beside)."""
     rows = len(sp.train)
     rules = {"dim": lambda: adapt.width(rows), "epochs": lambda: adapt.epochs(rows, cfg.refit)}
-    choices = {}
-    for name, rule in rules.items():
-        given = getattr(cfg, name)
-        choice = adapt.Choice(given, "given") if given else rule()
-        cfg = dataclasses.replace(cfg, **{name: choice.value})
-        choices[name] = choice.to_json()
-    return cfg, choices
+    return adapt.settle(cfg, rules)
 
 
 def towers_for(vocab: Vocab, cfg: TrainConfig, modalities: tuple[str, ...],
