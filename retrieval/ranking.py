@@ -385,6 +385,7 @@ def examples(world: World, towers: Towers, sp: Split, data: pd.DataFrame, cfg: R
     labels = np.zeros(cand.shape, dtype=np.float32)
     labels[:, 0] = 1.0
     retrieval = pair_scores(embed(towers.user, users), towers.items, cand)
+    users = {k: v for k, v in users.items() if k != "recent_items"}  # the towers', not the ranker's
     return Examples(users, torch.arange(len(cand)).repeat_interleave(per_row), table,
                     torch.from_numpy(where), torch.from_numpy(labels.reshape(-1)),
                     retrieval.reshape(-1))  # fmt: skip
