@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
-from datetime import datetime
 from pathlib import Path
 
 import torch
-from train import GENRES, USER_FIELDS, USERS, measured_commit, positives
+from train import GENRES, USER_FIELDS, USERS, opening, positives
 
 import towers.nn
 from retrieval.ranking import Examples, RankerTrainConfig, fit_ranker
@@ -92,10 +88,7 @@ def main() -> None:
     for name, value in best.items():
         print(f"{name:40s} {value:>12,.0f} {value / base:>10.2f}")
     report = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-        "commit": measured_commit(), "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        **opening(__file__),
         "examples_per_epoch": args.interactions * PER_ROW,
         "examples_per_s": best, "rounds": rounds,
         "ratio_to_baseline": {name: value / base for name, value in best.items()},

@@ -157,6 +157,17 @@ def measured_commit() -> str:
     )
 
 
+def opening(script: str) -> dict:
+    """What a training benchmark's JSON opens with: its command, the commit measured, the date,
+    the machine."""
+    return {
+        "command": "python " + " ".join([os.path.relpath(script, ROOT), *sys.argv[1:]]),
+        "commit": measured_commit(), "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200_000)
@@ -178,11 +189,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"{name:92s} {r:>11,.0f} {EPOCH / r:>14.1f}")
     report = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-        "commit": measured_commit(),
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        **opening(__file__),
         "examples": args.examples, "dim": args.dim, "items": args.items, "recent": args.recent,
         "sparse_from": towers.nn.SPARSE_FROM, "examples_per_s": results,
         "rounds": rounds,
