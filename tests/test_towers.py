@@ -334,15 +334,7 @@ def test_a_ranker_scores_one_user_against_items_as_it_scores_pairs():
             assert pairs.std() > 0  # the items are told apart
 
 
-def test_the_rankers_id_tables_are_dense_below_the_sparse_line(monkeypatch):
-    assert not any(t.sparse for t in (ranker().gmf_user, ranker().mlp_item))  # dense AdamW
-    monkeypatch.setattr(tnn, "SPARSE_FROM", 3)
-    model = ranker()
-    assert all(t.sparse for t in (model.gmf_user, model.gmf_item, model.mlp_user, model.mlp_item))
-
-
-def test_a_ranker_step_moves_only_the_id_rows_its_batch_touched(monkeypatch):
-    monkeypatch.setattr(tnn, "SPARSE_FROM", 3)  # the tables of a large catalogue: lazy Adam
+def test_a_ranker_step_moves_only_the_id_rows_its_batch_touched():
     torch.manual_seed(0)
     model = ranker()
     steppers = tnn.optimizers(model, lr=0.1, weight_decay=0.0)

@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from towers import nn as tnn
 from towers.inputs import scalar
 from towers.nn import Dropout, Fields, known
 
@@ -53,10 +52,10 @@ class Ranker(nn.Module):
     def __init__(self, config: RankerConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.gmf_user = ids(c.num_users, c.gmf)
-        self.gmf_item = ids(c.num_items, c.gmf)
-        self.mlp_user = ids(c.num_users, c.embed)
-        self.mlp_item = ids(c.num_items, c.embed)
+        self.gmf_user = nn.Embedding(c.num_users, c.gmf, sparse=True)  # sparse: see `optimizers`
+        self.gmf_item = nn.Embedding(c.num_items, c.gmf, sparse=True)
+        self.mlp_user = nn.Embedding(c.num_users, c.embed, sparse=True)
+        self.mlp_item = nn.Embedding(c.num_items, c.embed, sparse=True)
         self.user_features = Fields(c.user_fields, c.side)
         self.item_features = Fields(c.item_fields, c.side)
         shares = sum(w for _, w in c.shares)
@@ -106,10 +105,3 @@ class Ranker(nn.Module):
             parts += [mine.expand(n, -1), its, (mine * its).sum(dim=1, keepdim=True)]
         mlp = self.mlp(torch.cat(parts, dim=1))
         return self.out(torch.cat([gmf, mlp, retrieval[:, None]], dim=1)).squeeze(1)
-
-
-def ids(rows: int, width: int) -> nn.Embedding:
-    """An id table whose row 0 (the unknown id) is learned, sparse from `towers.nn.SPARSE_FROM` rows
-    (`towers.nn.optimizers` steps it by lazy Adam then). Small tables stay dense: lazy Adam's
-    coalescing took 28% of ml-100k's ranker training, a dense step over 2,000 rows far less."""
-    return nn.Embedding(rows, width, sparse=rows >= tnn.SPARSE_FROM)
