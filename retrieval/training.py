@@ -28,7 +28,7 @@ from retrieval.offline import (
 from towers import distributed
 from towers import nn as tnn
 from towers.features import training_frame
-from towers.inputs import Ids, Vocab, fit_vocab, item_inputs, user_inputs
+from towers.inputs import Ids, Vocab, activity_inputs, fit_vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
 from towers.progress import Progress, say
 from towers.train import Inputs, TrainConfig, Validation, embed, train
@@ -162,24 +162,35 @@ def timeless(sp: Split) -> bool:
 
 def training_users(world: World, rows: pd.DataFrame, afresh: bool = False,
                    ) -> tuple[pd.DataFrame, Inputs]:  # fmt: skip
-    """The training rows' user features and tensors. Point in time where the rows have an order;
-    where they have none, as of the end of training (`world.as_of`: the only time the history
-    exists), computed from `rows` alone (with the store's recipe), the row's own item left out
-    of its activity features and blanked from its recent items, so the label sits neither among
-    the inputs nor in their counts and shares. `afresh`: from `rows` alone where they have an
-    order too (they lack a cold start's held-out items; the store has them)."""
-    entities = rows[["user_id", "item_id", "event_timestamp"]]
+    """The training rows' user features and tensors. Point in time where the rows have an order
+    (`afresh`: computed from `rows` alone, with the store's recipe: they lack a cold start's
+    held-out items; the store has them); where they have none, `timeless_users`."""
     if world.as_of is not None:
-        entities = entities.assign(event_timestamp=world.as_of)
-    frame = training_frame(world.feast_store, SERVICES["user"], entities)
-    if world.as_of is not None or afresh:
+        return timeless_users(world, rows)
+    frame = training_frame(world.feast_store, SERVICES["user"],
+                           rows[["user_id", "item_id", "event_timestamp"]])  # fmt: skip
+    if afresh:
         frame = activity_from(rows, frame, world.shares, world.features)
-    if world.as_of is not None:
-        frame = leave_one_out(rows, frame, world.shares)
-    users = user_inputs(frame, world.vocab)
-    if world.as_of is not None:
-        label = torch.from_numpy(world.vocab.items.index(frame["item_id"]))[:, None]
-        users["recent_items"] = users["recent_items"].masked_fill(users["recent_items"] == label, 0)
+    return frame, user_inputs(frame, world.vocab)
+
+
+def timeless_users(world: World, rows: pd.DataFrame) -> tuple[pd.DataFrame, Inputs]:
+    """`training_users` where the rows carry no time: every row reads its user's features as of
+    the end of training (`world.as_of`: the only time the history exists), computed from `rows`
+    alone, then the row's own item is left out of its activity features and blanked from its
+    recent items, so the label sits neither among the inputs nor in their counts and shares.
+    Each user's features are read, computed and encoded once and spread over their rows: ml-1m's
+    720k rows share 6,040 users (encoding every row's 200 recent items took a minute)."""
+    user_ids, inverse = np.unique(rows["user_id"].to_numpy(), return_inverse=True)
+    once = user_frame(world.feast_store, user_ids, world.as_of)
+    once = activity_from(rows, once, world.shares, world.features)
+    spread = torch.from_numpy(inverse)
+    users = {name: t[spread] for name, t in user_inputs(once, world.vocab).items()}
+    frame = once.iloc[inverse].reset_index(drop=True).assign(item_id=rows["item_id"].to_numpy())
+    frame = leave_one_out(rows, frame, world.shares)
+    users |= activity_inputs(frame, world.vocab)
+    label = torch.from_numpy(world.vocab.items.index(frame["item_id"]))[:, None]
+    users["recent_items"] = users["recent_items"].masked_fill(users["recent_items"] == label, 0)
     return frame, users
 
 

@@ -295,6 +295,15 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     assert torch.allclose(activity[:, 0], torch.log1p(others))  # not the row
     labels = seen["items"] + 1  # catalogue row r is item index r + 1
     assert not (seen["users"]["recent_items"] == labels[:, None]).any()
+    had: dict[int, list[int]] = {}  # each user's training items, a row each
+    for user, item in zip(seen["users"]["user"].tolist(), labels.tolist(), strict=True):
+        had.setdefault(user, []).append(item)
+    width = seen["users"]["recent_items"].shape[1]
+    rows_of = zip(seen["users"]["user"].tolist(), labels.tolist(),
+                  seen["users"]["recent_items"].tolist(), strict=True)  # fmt: skip
+    for user, item, recent in rows_of:  # the rest of the user's history, all of it where it fits
+        shown, others = set(recent) - {0}, set(had[user]) - {item}
+        assert shown <= others and (shown == others or len(had[user]) > width)
     val = seen["validation"]
     shown = [set(recent.tolist()) - {0} for recent in val.users["recent_items"]]
     assert sum(map(bool, shown)) > len(shown) / 2  # the rest of the history stays

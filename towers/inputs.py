@@ -338,20 +338,29 @@ def fit_vocab(
 def user_inputs(frame: pd.DataFrame | Mapping[str, Sequence], vocab: Vocab) -> Inputs:
     """Tensors for the user tower (and the ranker's user side) from the user features and
     activity: a training frame, or online rows as lists."""
+    out: Inputs = {
+        "user": torch.from_numpy(vocab.users.index(cells(frame["user_id"]))),
+        **activity_inputs(frame, vocab),
+        "recent_items": id_lists(frame["recent_items"], vocab.items),
+    }
+    for encoding in vocab.user_features:
+        out.update(encoding.encode(frame[encoding.name]))
+    return out
+
+
+def activity_inputs(frame: pd.DataFrame | Mapping[str, Sequence], vocab: Vocab) -> Inputs:
+    """The user's activity ("activity": log count, has history, standardised mean rating, has
+    rating) and their shares over each item feature's values ("{name}_shares")."""
     count, has_history = scalar(frame["interaction_count"])
     rating, has_rating = scalar(frame["mean_rating"])
     mean, std = vocab.rating
     out: Inputs = {
-        "user": torch.from_numpy(vocab.users.index(cells(frame["user_id"]))),
         "activity": torch.stack(
             [torch.log1p(count), has_history, (rating - mean) / std * has_rating, has_rating], 1
         ),  # (B, 4)
-        "recent_items": id_lists(frame["recent_items"], vocab.items),
     }
     for name, values in vocab.shares.items():
         out[f"{name}_shares"] = dense(frame[f"{name}_shares"], len(values))
-    for encoding in vocab.user_features:
-        out.update(encoding.encode(frame[encoding.name]))
     return out
 
 
