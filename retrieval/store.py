@@ -38,9 +38,10 @@ if TYPE_CHECKING:  # feast costs seconds to import: commands that need it import
 
 ONLINE_STORE_ENV = "TTR_ONLINE_STORE"
 OFFLINE_STORE_ENV = "TTR_OFFLINE_STORE"
+DUCKDB_MEMORY_ENV = "TTR_DUCKDB_MEMORY"
 REGISTRY_STORE = "retrieval.registry.AtomicFileRegistryStore"  # written whole or not at all
 SERVING_TIMEOUT = 0.25  # seconds a serving worker waits to connect to, or hear from, Redis
-DUCKDB_MEMORY = "3GB"  # DuckDB's cap in the embedded profile ($TTR_DUCKDB_MEMORY): its own
+DUCKDB_MEMORY = "3GB"  # DuckDB's cap in the embedded profile (DUCKDB_MEMORY_ENV sets it): its own
 # default, 80% of RAM, let the point-in-time join of 2M rows (1M items) take 19.9 GiB here; under
 # 3GB it took 3.7 GiB
 
@@ -231,7 +232,7 @@ def open_store(prof: Profile) -> FeatureStore:
     if prof.online_store:
         ping_redis(prof.online_store)
     if prof.engine == "duckdb":
-        cap_duckdb(os.environ.get("TTR_DUCKDB_MEMORY", DUCKDB_MEMORY))
+        cap_duckdb(os.environ.get(DUCKDB_MEMORY_ENV, DUCKDB_MEMORY))
     if prof.engine == "postgresql":
         ensure_registry_schema(prof)
     if prof.engine == "spark":  # Spark's Python workers run feast too: this interpreter's
