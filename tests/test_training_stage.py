@@ -274,15 +274,31 @@ def _capturing(ds, tmp_path, monkeypatch) -> tuple[store.Profile, dict]:
     return prof, seen
 
 
-def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch):
+def string_ids(ds):
+    """`ds` with its user and item ids as strings ("u7", "i12"), as a shop's own tables have."""
+
+    def named(frame: pd.DataFrame, column: str, prefix: str) -> pd.DataFrame:
+        return frame.assign(**{column: prefix + frame[column].astype(str)})
+
+    inter = named(named(ds.interactions, "user_id", "u"), "item_id", "i")
+    schema = dataclasses.replace(ds.schema, user_id="string", item_id="string")
+    return dataclasses.replace(ds, interactions=inter, users=named(ds.users, "user_id", "u"),
+                               items=named(ds.items, "item_id", "i"), schema=schema)  # fmt: skip
+
+
+@pytest.mark.parametrize("ids", ["int64", "string"])
+def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkeypatch, ids):
     """ml-1m's fixed split has one stamp for every row: features come from the end of training,
     a row's own item is left out of its activity features and blanked from its recent items; a
     validation user's activity features (count, genre shares, recent items) come from their
-    training rows alone; masks count every training item of a row's user as had (no times)."""
+    training rows alone; masks count every training item of a row's user as had (no times).
+    With integer ids (ml-1m's) and string ids (a shop's)."""
     ds = load(SyntheticConfig(users=60, items=30, interactions=1_500, groups=3), tmp_path / "raw")
+    ds = string_ids(ds) if ids == "string" else ds
     ds.interactions["timestamp"] = pd.Timestamp("2003-03-01", tz="UTC")
     ds.interactions["split"] = ["test" if i % 5 == 0 else "train" for i in range(1_500)]
     prof, version, seen = _captured(with_split(ds, "given"), tmp_path, monkeypatch)
+    assert Vocab.load(version).users.kind == Vocab.load(version).items.kind == ids
     assert artifacts.manifest(version)["split"]["train_features"].startswith("as of test_time")
     assert seen["times"] is None
     _, inverse, per_user = torch.unique(
