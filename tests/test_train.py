@@ -12,7 +12,7 @@ from retrieval.synthetic import SyntheticConfig, load
 from towers.features import training_frame
 from towers.inputs import Ids, fit_vocab, item_inputs, user_inputs
 from towers.item_tower import ItemTower, ItemTowerConfig
-from towers.train import TrainConfig, Validation, embed, train, validate
+from towers.train import Averaged, TrainConfig, Validation, embed, train, validate
 from towers.user_tower import UserTower, UserTowerConfig
 
 K = 10
@@ -90,3 +90,30 @@ def test_top_items_share_the_users_group(trained):
     user_group = ds.truth["user_group"][np.array(val_users) - 1]
     share = (ds.truth["item_group"][top] == user_group[:, None]).mean()
     assert share > 0.8  # chance: 1 / 4 groups
+
+
+def test_the_average_trails_the_weights_and_swaps_in_and_out():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Embedding(5, 2, sparse=True))
+    averaged = Averaged(model, steps=2)
+    start, table = model[0].weight.detach().clone(), model[1].weight.detach().clone()
+    for shift in (4.0, 8.0, 16.0):  # the weights after each of three steps
+        with torch.no_grad():
+            model[0].weight.copy_(start + shift)
+            model[1].weight.copy_(table + shift)
+        averaged.update()
+    # the first two steps' mean (start + 6), then halfway to the third step's weights
+    with averaged.swapped():
+        assert torch.allclose(model[0].weight, start + 11.0)
+        assert torch.equal(model[1].weight, table + 16.0)  # sparse tables are not averaged
+    assert torch.allclose(model[0].weight, start + 16.0)
+
+
+def test_no_average_leaves_the_weights_alone():
+    model = torch.nn.Linear(2, 1)
+    averaged = Averaged(model, steps=0)
+    before = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    averaged.update()
+    with averaged.swapped():
+        assert torch.equal(model.weight, before + 1.0)

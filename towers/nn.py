@@ -123,12 +123,17 @@ def forget(table: nn.Embedding | nn.EmbeddingBag, ids: torch.Tensor) -> None:
     table.weight[ids] = 0.0
 
 
+def sparse_tables(model: nn.Module) -> list[nn.Parameter]:
+    """The weights of `model`'s sparse id tables (`table`)."""
+    return [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+
+
 def optimizers(model: nn.Module, lr: float, weight_decay: float,
                fused: bool = False) -> list[torch.optim.Optimizer]:  # fmt: skip
     """AdamW over the dense parameters (`fused`: in one kernel) and lazy Adam (`SparseAdam`:
     moments move only for the rows a batch touched) over the sparse embedding tables: a dense
     step visits every row of every table, which at a million items made training crawl."""
-    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    tables = sparse_tables(model)
     dense = [p for p in model.parameters() if all(p is not t for t in tables)]
     out: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay, fused=fused or None)
