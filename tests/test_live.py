@@ -250,7 +250,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(live):
 
 @pytest.mark.slow
 def test_the_openapi_document_holds_for_every_generated_request(live):
-    """schemathesis, in process: for each route 500 valid and 500 invalid requests (where the
+    """schemathesis, in process: for each route 300 valid and 300 invalid requests (where the
     route takes any input), every check: no server error, every answer as declared."""
     import schemathesis
 
@@ -270,19 +270,19 @@ def test_the_openapi_document_holds_for_every_generated_request(live):
         for mode in modes:
             checked[(operation.label, mode.value)] = fuzz(operation, mode)
     assert len(checked) == 12  # 9 routes, 3 of them with a path parameter
-    assert all(len(calls) >= 400 for (label, _), calls in checked.items() if "{" in label)
+    assert all(len(calls) >= 250 for (label, _), calls in checked.items() if "{" in label)
     assert {404, 422} <= set(checked[("GET /similar/{item_id}", "negative")]) | set(
         checked[("GET /similar/{item_id}", "positive")])  # fmt: skip
 
 
 def fuzz(operation, mode) -> list[int]:
-    """The statuses of 500 requests schemathesis generates for `operation` in `mode`, each one
+    """The statuses of 300 requests schemathesis generates for `operation` in `mode`, each one
     checked against the schema (raises at the first that breaks it)."""
     from hypothesis import HealthCheck, given, settings
 
     calls: list[int] = []
 
-    @settings(max_examples=500, deadline=None, database=None,
+    @settings(max_examples=300, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(case=operation.as_strategy(generation_mode=mode))
     def check(case) -> None:

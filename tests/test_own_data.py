@@ -119,7 +119,7 @@ def test_amazon_hin_end_to_end(tmp_path):
     out = tmp_path / "eval.json"
     art = ["--artifacts", str(root)]
     steps = [["data", "--dataset", "amazon-hin", "--data-dir", str(raw)], ["apply"],
-             ["materialize"], ["train", "--epochs", "2", *art], ["index", *art],
+             ["materialize"], ["train", "--epochs", "1", *art], ["index", *art],
              ["evaluate", "--no-retrain", "--json", str(out), *art]]  # fmt: skip
     for step in steps:
         assert run([*step, *common]) == 0, step
