@@ -51,7 +51,7 @@ class TrainConfig:
     average: float = 1.0  # validate and keep a moving average of the weights over about this
     # many epochs, not the last step's (0: the last step's). ml-100k test recall@20 over seeds
     # 0-2: 0.1334 at 1, 0.1303 at 3, 0.1223 without (warm users 0.1685 / 0.1590 / 0.1363);
-    # ml-1m validation recall@20 / NDCG@20 in 17 epochs 0.2430 / 0.2010 against 0.2394 / 0.1978
+    # ml-1m validation recall@20 / NDCG@20 in 17 epochs 0.2430 / 0.2010 against 0.2394 / 0.1978;
     # amazon-hin test recall@20 over seeds 0-1 0.0322 against 0.0315 (warm 0.0388 / 0.0379)
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
