@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
-import torch
+from train import changes, opening
 
 from retrieval import evaluate, store, training
 from retrieval.catalogue import read_meta
@@ -82,23 +78,16 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "seeds.json"))
     args = parser.parse_args()
-    changes = {"defaults": {}}
-    for spec in args.variant:
-        name, _, text = spec.partition("=")
-        changes[name] = json.loads(text)
     prof = store.profile(args.repo)
     variants, reference = {}, {}
-    for name, change in changes.items():
+    for name, change in changes(args.variant).items():
         runs = {seed: one_run(prof, change, seed) for seed in args.seeds}
         reference = {m: r for m, r in runs[args.seeds[0]].items() if m in ("popularity", "ials")}
         per_seed = {seed: run["two_tower"] for seed, run in runs.items()}
         variants[name] = {"change": change, "seeds": per_seed, "summary": summary(per_seed)}
     print_table(variants, reference)
     report = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        **opening(__file__),
         "dataset": read_meta(prof.offline_dir)["dataset"], "metric": "test Recall@20",
         "reference": reference, "two_tower": variants,
     }  # fmt: skip

@@ -168,6 +168,15 @@ def opening(script: str) -> dict:
     }  # fmt: skip
 
 
+def changes(variants: list[str]) -> dict[str, dict]:
+    """The defaults (no change), then each `NAME=JSON` variant's change, by name."""
+    out: dict[str, dict] = {"defaults": {}}
+    for spec in variants:
+        name, _, text = spec.partition("=")
+        out[name] = json.loads(text)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200_000)

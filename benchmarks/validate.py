@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
-from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
+from train import changes, opening
 
 from retrieval import evaluate, store, training
 from retrieval.catalogue import read_meta
@@ -64,12 +60,11 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "validate.json"))
     args = parser.parse_args()
-    changes = {"defaults": {}}
-    for spec in args.variant:
-        name, _, text = spec.partition("=")
-        changes[name] = json.loads(text)
     prof = store.profile(args.repo)
-    runs = {name: curve(prof, change, args.epochs, args.dim) for name, change in changes.items()}
+    runs = {
+        name: curve(prof, change, args.epochs, args.dim)
+        for name, change in changes(args.variant).items()
+    }
     reference = ials(prof)
     base = runs["defaults"]
     print(f"{'variant':28s} {'best epoch':>10s} {'recall@20':>10s} {'NDCG@20':>8s} "
@@ -81,10 +76,7 @@ def main() -> None:
     print(f"{'iALS (tuned)':28s} {'':>10s} {reference['val_recall@20']:>10.4f} "
           f"{reference['val_ndcg@20']:>8.4f}")  # fmt: skip
     report = {
-        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        **opening(__file__),
         "dataset": read_meta(prof.offline_dir)["dataset"], "epochs": args.epochs, "dim": args.dim,
         "ials": reference, "variants": runs,
     }  # fmt: skip
