@@ -26,7 +26,7 @@ REFIT_ROWS = 1 / 0.9  # a refit epoch's rows against a validated one's (10% held
 
 @dataclass(frozen=True)
 class Choice:
-    value: int
+    value: int | float
     reason: str
 
     def to_json(self) -> dict:

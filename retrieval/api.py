@@ -74,7 +74,8 @@ class Item(BaseModel):
     retrieval_score: float | None = Field(
         description="the cosine similarity of the towers' user embedding (in /similar: the"
         " item's) and this item's, -1 to 1: what FAISS ranks by, and the order of /similar and"
-        " of a bundle without a re-ranker. null for popular items"
+        " of a bundle without a re-ranker (for a user with no history, that order adds the"
+        " version's popularity prior, weight x log(1 + popularity)). null for popular items"
     )
     popularity: int = Field(
         description="the item's interactions in the data, all of time as of the bundle's load;"

@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp_sparse
 import torch
 
-from retrieval import artifacts, index, store
+from retrieval import artifacts, index, prior, store
 from retrieval.bundle import BundleError, load_ranker
 from retrieval.catalogue import read_meta
 from retrieval.errors import TTRError
@@ -204,6 +204,20 @@ def ann_top(version: Path, users: np.ndarray, proto: Protocol, k: int = K_MAX) -
     return [rows.tolist() for rows, _ in found]
 
 
+def with_prior(
+    tops: list[list[int]], users: np.ndarray, items: np.ndarray, counts: np.ndarray,
+    cold: np.ndarray, exclude: list[set[int]], weight: float,
+) -> list[list[int]]:  # fmt: skip
+    """Each cold user's retrieved `tops` re-ordered with the popularity prior as `/recommend`
+    orders them (`retrieval.prior.rerank`); the other users' as they are."""
+    if not weight:
+        return tops
+    popular = np.argsort(-counts, kind="stable")
+    return [prior.rerank(np.array(top, dtype=np.int64), users[u], items, counts, popular,
+                         exclude[u], weight, len(top))[0].tolist() if cold[u] else top
+            for u, top in enumerate(tops)]  # fmt: skip
+
+
 def run(prof: store.Profile, root: Path, cfg: EvalConfig, progress: Progress | None = None) -> dict:
     """Every model on the latest version's test split and, with `cfg.retrain`, the two-tower
     retrained on each subset of item-tower inputs and with items held out for a cold start;
@@ -220,15 +234,25 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig, progress: Progress | N
     users = embed(user_tower, user_x).numpy()
     items = embed_items(item_tower, vocab, world.catalogue)
     ials, ials_params = tuned_ials(sp, vocab, cfg, proto.users)
+    counts = prior.log_counts(vocab.items.rows(before_test(sp)["item_id"]), len(vocab.items))
+    weight, cold = prior.weight(manifest), prior.cold(user_x)
     vectors = {"popularity": popularity_vectors(before_test(sp), vocab, len(users)),
-               "ials": ials, "two_tower": (users, items)}  # fmt: skip
+               "ials": ials,
+               "two_tower": prior.augmented(users, items, cold, counts, weight)}  # fmt: skip
     tops = {name: metrics.top_k(*v, proto.exclude, K_MAX) for name, v in vectors.items()}
+    if weight and cold.any():  # what the towers' cosine alone would rank
+        tops["two_tower_cosine"] = metrics.top_k(users, items, proto.exclude, K_MAX)
     if artifacts.target(version, artifacts.INDEX) is not None:
-        tops["two_tower_ann"] = ann_top(version, users, proto)
+        depth = max(K_MAX, cfg.candidates) if weight else K_MAX  # the prior's pool as served
+        retrieved = ann_top(version, users, proto, depth)
+        tops["two_tower_ann"] = [top[:K_MAX] for top in with_prior(
+            retrieved, users, items, counts, cold, proto.exclude, weight
+        )]  # fmt: skip
     ranker = version_ranker(version, vocab, progress)
     if ranker is not None:
         ranked = RankerView(ranker, user_x, catalogue_items(world, sp.test_time), users, items)
-        tops["two_stage"] = two_stage(proto, ranked, cfg.candidates)
+        candidates = metrics.top_k(*vectors["two_tower"], proto.exclude, cfg.candidates)
+        tops["two_stage"] = two_stage(candidates, ranked)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
     temporal = sp.kind == "temporal"
     result = {
@@ -313,9 +337,14 @@ def ablated(
     """Top K_MAX of the two-tower retrained with the item tower on `modalities` only."""
     say(progress, f"ablation: item tower on {'+'.join(modalities)}")
     f = fit(prof, cfg, split_cfg, modalities, progress=progress)
-    users = embed(f.user_tower, users_at_test(f.world, f.split, proto.users))
+    user_x = users_at_test(f.world, f.split, proto.users)
+    users = embed(f.user_tower, user_x).numpy()
     items = embed_items(f.item_tower, f.vocab, f.world.catalogue)
-    return metrics.top_k(users, items, proto.exclude, K_MAX)
+    counts = prior.log_counts(f.vocab.items.rows(before_test(f.split)["item_id"]),
+                              len(f.vocab.items))  # fmt: skip
+    weight = f.choices["cold_prior"]["value"]
+    return metrics.top_k(*prior.augmented(users, items, prior.cold(user_x), counts, weight),
+                         proto.exclude, K_MAX)  # fmt: skip
 
 
 def cold_start_variants(vocab: Vocab) -> dict[str, tuple[str, ...] | None]:
@@ -473,10 +502,9 @@ class RankerView:
         return self.ranker.score(one, item, retrieval).numpy()
 
 
-def two_stage(proto: Protocol, ranked: RankerView, depth: int) -> list[list[int]]:
-    """Retrieval's top `depth` (seen items excluded) re-ordered by the ranker."""
+def two_stage(retrieval: np.ndarray, ranked: RankerView) -> list[list[int]]:
+    """Each user's retrieved candidates (seen items excluded; -1 pads) re-ordered by the ranker."""
     out = []
-    retrieval = metrics.top_k(ranked.user_vectors, ranked.item_vectors, proto.exclude, depth)
     for row, top in enumerate(retrieval):
         items = top[top >= 0]
         out.append(items[np.argsort(-ranked.scores(row, items), kind="stable")].tolist())

@@ -2,6 +2,7 @@
 
     user id -> online features (one read: the user tower's features and the user's history)
       -> user embedding -> FAISS top-N -> drop the items the user has seen
+      -> (a user with no history: the popularity prior, `retrieval.prior`)
       -> the NCF ranker re-scores -> top k with both scores
 
 Everything per item (titles, the ranker's item inputs, popularity) is read once at load, so a
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from retrieval import bundle, index, ranking, store
+from retrieval import bundle, index, prior, ranking, store
 from retrieval.bundle import Bundle
 from retrieval.catalogue import catalogue_frame, parse_id, read_meta
 from retrieval.errors import TTRError
@@ -124,9 +125,10 @@ class Pipeline:
         image = [n for n, kind in schema["items"].items() if kind == "image"]
         self.images = catalogue[image[0]].tolist() if image else [None] * len(catalogue)
         self.items = ranking.ranker_inputs(catalogue, self.vocab)
-        log_counts = self.items["popularity"][:, 0].numpy()  # log1p(interactions)
-        self.counts = np.rint(np.expm1(log_counts)).astype(np.int64).tolist()
-        self.popular = np.argsort(-log_counts, kind="stable")
+        self.log_counts = self.items["popularity"][:, 0].numpy()  # log1p(interactions)
+        self.counts = np.rint(np.expm1(self.log_counts)).astype(np.int64).tolist()
+        self.popular = np.argsort(-self.log_counts, kind="stable")
+        self.cold_prior = prior.weight(bundle.manifest)
         self.breaker = Breaker(self.cfg.retry_after)
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
         torch.set_num_threads(1)
@@ -170,17 +172,28 @@ class Pipeline:
             x = user_inputs({name: [value] for name, value in row.items()}, self.vocab)
             query = self.user_tower(x).numpy()
         with _timed(seconds, "ann"):
-            ((rows, scores),) = index.search_excluding(
-                self.index, self.index_params, query, self.cfg.candidates, [seen]
-            )
+            rows, scores = self._retrieved(query, seen, bool(prior.cold(x)[0]))
         if not len(rows):
             return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "rerank"):
             chances = self._rerank(x, torch.from_numpy(rows), scores)
-        best = np.argsort(-(scores if chances is None else chances), kind="stable")[:k]
+        best = (np.arange(min(k, len(rows))) if chances is None
+                else np.argsort(-chances, kind="stable")[:k])  # fmt: skip
         items = [self._item(int(rows[j]), None if chances is None else float(chances[j]),
                             float(scores[j])) for j in best]  # fmt: skip
         return Recommendation(user_id, items, "personalized", seconds)
+
+    def _retrieved(self, query: np.ndarray, seen: np.ndarray,
+                   cold: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The candidates, best first, and their cosines: FAISS's top N of the unseen items; for
+        a user with no history, ordered with the popularity prior (`retrieval.prior`)."""
+        ((rows, scores),) = index.search_excluding(
+            self.index, self.index_params, query, self.cfg.candidates, [seen]
+        )
+        if not cold or not self.cold_prior:
+            return rows, scores
+        return prior.rerank(rows, query[0], self.embeddings, self.log_counts, self.popular,
+                            set(seen.tolist()), self.cold_prior, self.cfg.candidates)  # fmt: skip
 
     def _features(self, user_id: int | str, seconds: dict[str, float]) -> dict | None:
         """The user's online row; None while the store is deemed down (or fails now: the breaker

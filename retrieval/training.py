@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from retrieval import adapt, artifacts, content, store
+from retrieval import adapt, artifacts, content, prior, store
 from retrieval.catalogue import catalogue_frame, read_meta, stored_ids
 from retrieval.errors import TTRError
 from retrieval.offline import (
@@ -296,6 +296,9 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
     validation = validation_set(world, sp)
     user_tower, item_tower, result = _towers(world, sp.train, validation, cfg, modalities,
                                              progress)  # fmt: skip
+    choices["cold_prior"] = cold_prior(
+        world, sp, validation, user_tower, item_tower, cfg.k
+    ).to_json()
     before_refit = (user_tower, item_tower) if cfg.refit else None
     if cfg.refit:
         again = dataclasses.replace(cfg, epochs=result["best_epoch"])
@@ -306,6 +309,17 @@ def fit(prof: store.Profile, cfg: TrainConfig, split_cfg: SplitConfig,
     seconds = time.perf_counter() - began
     return Fitted(user_tower, item_tower, result, world.vocab, sp, meta, seconds, before_refit,
                   world, cfg, {**meta.get("choices", {}), **choices})  # fmt: skip
+
+
+def cold_prior(world: World, sp: Split, validation: Validation, user_tower: UserTower,
+               item_tower: ItemTower, k: int) -> adapt.Choice:  # fmt: skip
+    """The popularity prior's weight for users without history (`retrieval.prior`), chosen with
+    the early-stopped towers on the validation users."""
+    users = embed(user_tower, validation.users).numpy()
+    items = embed_items(item_tower, world.vocab, world.catalogue)
+    cold = prior.cold(validation.users)
+    counts = prior.log_counts(world.vocab.items.rows(sp.train["item_id"]), len(world.vocab.items))
+    return prior.choose(users, items, cold, counts, validation.relevant, validation.seen, k)
 
 
 def chosen(cfg: TrainConfig, sp: Split) -> tuple[TrainConfig, dict]:

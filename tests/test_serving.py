@@ -178,3 +178,34 @@ def test_the_ranker_refits_on_training_and_validation_rows(world):
     before = version / "before_refit"  # the towers the ranker validated with
     assert {p.name for p in before.iterdir()} >= {"user_tower.safetensors", "item_tower.json"}
     assert metrics["refit"]["epochs"] == metrics["best_epoch"] == len(metrics["refit"]["history"])
+
+
+def test_a_user_without_history_is_ranked_with_the_popularity_prior(world, monkeypatch):
+    import dataclasses
+
+    import numpy as np
+
+    from retrieval import bundle, prior, store
+    from retrieval.catalogue import read_meta
+    from retrieval.pipeline import Pipeline
+
+    repo, root, inter = world
+    served = bundle.newest(root)
+    choices = served.manifest["choices"]
+    assert 0 <= choices["cold_prior"]["value"] <= max(prior.GRID)  # training chose one
+    heavy = {**served.manifest, "choices": {**choices, "cold_prior": {"value": 1000.0}}}
+    b = dataclasses.replace(served, manifest=heavy, ranker=None, ranker_version=None)
+    prof = store.profile(repo)
+    pipeline = Pipeline(store.open_store(prof), b, read_meta(prof.offline_dir)["schema"])
+    user = int(inter["user_id"].iloc[0])
+    seen = history(inter, user)
+    warm = pipeline.recommend(user, 5)
+    assert [it["retrieval_score"] for it in warm.items] == sorted(
+        (it["retrieval_score"] for it in warm.items), reverse=True
+    )  # a user with history: the cosine's order
+    monkeypatch.setattr(prior, "cold", lambda x: np.ones(len(x["activity"]), bool))
+    cold = pipeline.recommend(user, 5)
+    unseen = [pipeline.item_ids[r] for r in pipeline.popular if pipeline.item_ids[r] not in seen]
+    assert [it["item_id"] for it in cold.items] == unseen[:5]  # popularity's order at weight 1000
+    assert cold.source == "personalized" and all(-1 <= it["retrieval_score"] <= 1
+                                                  for it in cold.items)  # fmt: skip
