@@ -8,7 +8,9 @@ DIR is a feature repository after `ttr data`, `ttr content`, `ttr apply` and `tt
 Each run is `ttr train --seed S` (early stopping, then the refit) followed by `ttr evaluate
 --no-retrain`, in process, into a temporary artifacts directory. A variant's JSON changes
 TrainConfig fields, e.g. lr3='{"lr": 0.001}'; the defaults run first as the baseline. On temporal
-splits the table shows users with and without training history (warm, cold) beside all of them.
+splits the table shows users with and without training history (warm, cold) beside all of them;
+where the version chose a popularity prior for users without history, the JSON also holds the
+towers' cosine alone (`cosine_alone`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ def main() -> None:
         reference = {m: r for m, r in runs[args.seeds[0]].items() if m in ("popularity", "ials")}
         per_seed = {seed: run["two_tower"] for seed, run in runs.items()}
         variants[name] = {"change": change, "seeds": per_seed, "summary": summary(per_seed)}
+        cosine = {seed: run["two_tower_cosine"] for seed, run in runs.items()
+                  if "two_tower_cosine" in run}  # fmt: skip
+        if cosine:  # the towers without the popularity prior for users with no history
+            variants[name]["cosine_alone"] = {"seeds": cosine, "summary": summary(cosine)}
     print_table(variants, reference)
     report = {
         **opening(__file__),

@@ -326,16 +326,25 @@ def chosen(cfg: TrainConfig, sp: Split) -> tuple[TrainConfig, dict]:
     """`cfg` with what it leaves to the data chosen by its rule (the choices and reasons beside)."""
     rows = len(sp.train)
     rules = {"dim": lambda: adapt.width(rows), "epochs": lambda: adapt.epochs(rows, cfg.refit)}
-    return adapt.settle(cfg, rules)
+    cfg, choices = adapt.settle(cfg, rules)
+    shared = (adapt.shared_history(not timeless(sp)) if cfg.shared_history is None
+              else adapt.Choice(int(cfg.shared_history), "given"))  # fmt: skip
+    choices["shared_history"] = shared.to_json()
+    return dataclasses.replace(cfg, shared_history=bool(shared.value)), choices
 
 
 def towers_for(vocab: Vocab, cfg: TrainConfig, modalities: tuple[str, ...],
                shapes: Shapes) -> tuple[UserTower, ItemTower]:  # fmt: skip
-    """Fresh towers shaped by the vocabulary (seeded by `cfg.seed`)."""
+    """Fresh towers shaped by the vocabulary (seeded by `cfg.seed`); with
+    `cfg.shared_history` (and an item id input), the user tower's recent-items table is the item
+    tower's id table, and its pool also reaches its output through a linear map."""
     torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
+    shared = cfg.shared_history and "id" in modalities
+    tied = {"item_embed": shapes.item.get("embed", ItemTowerConfig.embed), "skip": True}
+    tied = tied if shared else {}
     user_tower = UserTower(UserTowerConfig(
         vocab.num_items, vocab.fields("user"), vocab.share_widths(), dim=cfg.dim,
-        num_users=vocab.num_users if cfg.user_ids else 0, **shapes.user,
+        num_users=vocab.num_users if cfg.user_ids else 0, **{**shapes.user, **tied},
     ))  # fmt: skip
     item_tower = ItemTower(ItemTowerConfig(
         vocab.num_items, vocab.fields("item") if "categorical" in modalities else (),
@@ -343,6 +352,8 @@ def towers_for(vocab: Vocab, cfg: TrainConfig, modalities: tuple[str, ...],
         text_dim=vocab.text_dim if "text" in modalities else 0,
         image_dim=vocab.image_dim if "image" in modalities else 0, **shapes.item,
     ))  # fmt: skip
+    if shared:
+        user_tower.recent.weight = item_tower.ids.weight
     return user_tower, item_tower
 
 

@@ -50,4 +50,6 @@ def test_the_data_chooses_what_no_flag_sets_and_the_manifest_says_why(evaluated)
     assert choices["recent_items"]["value"] == 20
     assert "time order" in choices["recent_items"]["reason"]
     assert choices["epochs"]["value"] == manifest["train"]["epochs"] == 30  # a small world
+    assert choices["shared_history"]["value"] == 0 and not manifest["train"]["shared_history"]
+    assert "time order" in choices["shared_history"]["reason"]
     assert manifest["metrics"]["stopped"] in ("epochs", "patience")

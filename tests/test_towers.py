@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -400,3 +402,39 @@ def test_a_tower_step_on_a_large_catalogue_moves_only_the_id_rows_its_batch_touc
     moved = [(after != was).any(dim=1).nonzero().flatten().tolist()
              for after, was in zip(tables, before, strict=True)]  # fmt: skip
     assert moved == [[3, 4, 9], [5, 70_000]]
+
+
+def test_the_user_tower_pools_its_history_from_the_item_towers_id_table():
+    from retrieval.training import Shapes, towers_for
+    from towers.train import TrainConfig
+
+    cfg = TrainConfig(dim=16, shared_history=True)
+    users_t, items_t = towers_for(VOCAB, cfg, ("id", "categorical"), Shapes())
+    assert users_t.recent.weight is items_t.ids.weight  # one table, trained by both towers
+    assert users_t.config.item_embed == items_t.config.embed and users_t.config.skip
+    alone, _ = towers_for(VOCAB, cfg, ("categorical",), Shapes())  # no id input: its own table
+    assert alone.config.item_embed == UserTowerConfig.item_embed
+    apart, items_apart = towers_for(VOCAB, replace(cfg, shared_history=False), ("id",), Shapes())
+    assert apart.recent.weight is not items_apart.ids.weight and not apart.config.skip
+
+
+def test_a_shared_sparse_table_is_stepped_once_at_the_rows_either_tower_touched():
+    torch.manual_seed(0)
+    items_t = ItemTower(ItemTowerConfig(tnn.SPARSE_FROM, modalities=("id",)))
+    width = items_t.config.embed
+    users_t = UserTower(UserTowerConfig(tnn.SPARSE_FROM, VOCAB.fields("user"),
+                                        VOCAB.share_widths(), item_embed=width))  # fmt: skip
+    users_t.recent.weight = items_t.ids.weight
+    both = torch.nn.ModuleList([users_t, items_t])
+    assert len(tnn.sparse_tables(both)) == 1
+    steppers = tnn.optimizers(both, lr=0.1, weight_decay=0.0, fused=True)
+    users_t.eval()
+    items_t.eval()
+    before = items_t.ids.weight.clone()
+    users = user_inputs(USERS, VOCAB) | {"recent_items": torch.tensor([[3, 4], [0, 0], [9, 0]])}
+    loss = -(users_t(users) * items_t({"item": torch.tensor([5, 70_000, 5])})).sum()
+    loss.backward()
+    for optimizer in steppers:
+        optimizer.step()
+    moved = (items_t.ids.weight != before).any(dim=1).nonzero().flatten().tolist()
+    assert moved == [3, 4, 5, 9, 70_000]

@@ -299,7 +299,11 @@ def test_timeless_split_trains_on_the_history_without_the_label(tmp_path, monkey
     ds.interactions["split"] = ["test" if i % 5 == 0 else "train" for i in range(1_500)]
     prof, version, seen = _captured(with_split(ds, "given"), tmp_path, monkeypatch)
     assert Vocab.load(version).users.kind == Vocab.load(version).items.kind == ids
-    assert artifacts.manifest(version)["split"]["train_features"].startswith("as of test_time")
+    manifest = artifacts.manifest(version)
+    assert manifest["split"]["train_features"].startswith("as of test_time")
+    assert (
+        manifest["choices"]["shared_history"]["value"] == 1 and manifest["train"]["shared_history"]
+    )
     assert seen["times"] is None
     _, inverse, per_user = torch.unique(
         seen["users"]["user"], return_inverse=True, return_counts=True

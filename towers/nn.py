@@ -124,8 +124,9 @@ def forget(table: nn.Embedding | nn.EmbeddingBag, ids: torch.Tensor) -> None:
 
 
 def sparse_tables(model: nn.Module) -> list[nn.Parameter]:
-    """The weights of `model`'s sparse id tables (`table`)."""
-    return [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    """The weights of `model`'s sparse id tables (`table`), each once (two towers may share one)."""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    return list({id(w): w for w in weights}.values())
 
 
 def optimizers(model: nn.Module, lr: float, weight_decay: float,

@@ -53,6 +53,9 @@ class TrainConfig:
     # 0-2: 0.1334 at 1, 0.1303 at 3, 0.1223 without (warm users 0.1685 / 0.1590 / 0.1363);
     # ml-1m validation recall@20 / NDCG@20 in 17 epochs 0.2430 / 0.2010 against 0.2394 / 0.1978;
     # amazon-hin test recall@20 over seeds 0-1 0.0322 against 0.0315 (warm 0.0388 / 0.0379)
+    shared_history: bool | None = None  # the user tower pools its recent items from the item
+    # tower's id table (SimpleX's form: a user near the items they had), not from a table of its
+    # own; None: chosen from the data (`ttr train`: retrieval/adapt.py, where rows carry no time)
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
 
