@@ -68,7 +68,7 @@ def shared_history(ordered: bool) -> Choice:
     if ordered:
         return Choice(0, "rows carry a time order: the recent items are a sequence, pooled from "
                          "a table of the user tower's own (ml-100k test Recall@20 of warm users, "
-                         "seeds 0-2: 0.1676 so, 0.1396 from the item tower's table)")  # fmt: skip
+                         "seeds 0-2: 0.1676 with it, 0.1396 with the item tower's)")  # fmt: skip
     return Choice(1, "rows carry no time order: the history is the set of the user's items, "
                      "pooled from the item tower's id table, so a user embeds near the items they "
                      "had (ml-1m validation Recall@20 0.2489 against 0.2430)")  # fmt: skip
