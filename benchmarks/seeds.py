@@ -32,30 +32,38 @@ GROUPS = ("all", "warm", "cold")
 
 
 def recalls(model: dict) -> dict[str, float]:
-    """Test Recall@20 of one model's `ttr evaluate` entry, over all users and per group."""
-    out = {"all": model["recall@20"]}
+    """Test Recall@20 of one model's `ttr evaluate` entry, over all users and per group, and its
+    NDCG@20 over all users (`ndcg_all`)."""
+    out = {"all": model["recall@20"], "ndcg_all": model["ndcg@20"]}
     out.update({g: model[g]["recall@20"] for g in GROUPS[1:] if model.get(g, {}).get("users")})
     return out
 
 
 def one_run(prof: store.Profile, change: dict, seed: int) -> dict:
-    """Train with `change` and `seed`, then evaluate on the test split: every model's recalls."""
+    """Train with `change` and `seed`, then evaluate on the test split: every model's recalls, and
+    the towers' training time (`train_s`, as the version's manifest records it)."""
     with tempfile.TemporaryDirectory() as root:
         cfg = TrainConfig(**{**change, "seed": seed})
-        training.run(prof, Path(root), cfg, training.SplitConfig())
+        version = training.run(prof, Path(root), cfg, training.SplitConfig())
+        seconds = json.loads((version / "manifest.json").read_text())["seconds"]
         result = evaluate.run(prof, Path(root), evaluate.EvalConfig(retrain=False))
-    return {name: recalls(model) for name, model in result["models"].items()}
+    runs = {name: recalls(model) for name, model in result["models"].items()}
+    runs["two_tower"]["train_s"] = seconds
+    return runs
 
 
 def summary(per_seed: dict[int, dict[str, float]]) -> dict:
-    """Mean and (n > 1) sample standard deviation per user group, and the worst seed's overall."""
+    """Mean and (n > 1) sample standard deviation per user group and of NDCG@20, the worst seed's
+    overall, and the longest training where recorded."""
     out: dict = {}
-    for group in GROUPS:
+    for group in (*GROUPS, "ndcg_all"):
         values = [run[group] for run in per_seed.values() if group in run]
         if values:
             out[f"mean_{group}"] = statistics.fmean(values)
             out[f"std_{group}"] = statistics.stdev(values) if len(values) > 1 else 0.0
     out["min_all"] = min(run["all"] for run in per_seed.values())
+    if seconds := [run["train_s"] for run in per_seed.values() if "train_s" in run]:
+        out["max_train_s"] = max(seconds)
     return out
 
 

@@ -9,9 +9,12 @@ vectors where `ttr content` ran), so the loop is measured apart from Feast. `--i
 catalogue's sizes (from `towers.nn.SPARSE_FROM` items the id tables are sparse, as `ttr train`
 makes them; `--dense-too` measures dense tables there as well); variants whose
 image vectors would take more than 2 GB are left out. The baseline in the same run is the same
-loop with id-only item towers (no categorical or text inputs), and the last variant trains the
-full towers without masking each row's user's items out of its negatives
-(`--mask-seen false`: what the masks cost); an ml-1m epoch is 800,000 examples less the
+loop with id-only item towers (no categorical or text inputs); one variant trains the full
+towers without masking each row's user's items out of its negatives (`--mask-seen false`: what
+the masks cost), and the last pools the user's recent items from the item tower's id table, with
+a linear path from the pool to the output and the ids as wide as the towers
+(`TrainConfig.shared_history`, what `ttr train` chooses on ml-1m, whose rows carry no time
+order); an ml-1m epoch is 800,000 examples less the
 validation share, 720,000. The variants run in turn, `--repeats` rounds, and each reports its
 best round: the machine is shared, and what slows a round is other work on it. `--nproc 1 2`
 measures each variant in one process and in two under DDP (`towers.distributed`, gloo), each
@@ -53,6 +56,10 @@ VARIANTS = {  # the item tower's config per variant, and changes to the training
     "id+categorical+text (hashed words)": {"item": {"modalities": ("id", "categorical", "text")}},
     "id+categorical+text+image (pretrained vectors)": {"item": FULL},
     "the same, seen items left among negatives": {"item": FULL, "train": {"mask_seen": False}},
+    "the same, history pooled from the item id table (ml-1m's defaults)": {
+        "item": FULL,
+        "shared": True,
+    },
 }
 IMAGE_BYTES = 2e9  # the most the random image vectors may take
 
@@ -91,9 +98,15 @@ def positives(n: int, items: int, g: torch.Generator) -> torch.Tensor:
 def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: int) -> float:
     torch.manual_seed(0)
     items = len(catalogue["item"])
-    user_tower = UserTower(UserTowerConfig(items, USER_FIELDS, (("genres", GENRES),), dim=dim))
+    shared = {"item_embed": dim, "skip": True} if variant.get("shared") else {}
+    user_tower = UserTower(
+        UserTowerConfig(items, USER_FIELDS, (("genres", GENRES),), dim=dim, **shared)
+    )
     fields = ITEM_FIELDS if "categorical" in variant["item"]["modalities"] else ()
-    item_tower = ItemTower(ItemTowerConfig(items, fields, dim=dim, **variant["item"]))
+    embed = {"embed": dim} if shared else {}  # ttr train's ids: as wide as the towers
+    item_tower = ItemTower(ItemTowerConfig(items, fields, dim=dim, **variant["item"], **embed))
+    if shared:  # as retrieval.training.towers_for ties them where rows carry no time order
+        user_tower.recent.weight = item_tower.ids.weight
     small = Validation({k: v[:100] for k, v in users.items()}, [{1}] * 100, [set()] * 100)
     result = train(user_tower, item_tower, users, rows, torch.zeros(items), catalogue, small,
                    TrainConfig(epochs=1, batch_size=1024, **variant.get("train", {})))  # fmt: skip

@@ -335,13 +335,15 @@ def chosen(cfg: TrainConfig, sp: Split) -> tuple[TrainConfig, dict]:
 
 def towers_for(vocab: Vocab, cfg: TrainConfig, modalities: tuple[str, ...],
                shapes: Shapes) -> tuple[UserTower, ItemTower]:  # fmt: skip
-    """Fresh towers shaped by the vocabulary (seeded by `cfg.seed`); with
+    """Fresh towers shaped by the vocabulary (seeded by `cfg.seed`), the item ids embedded as wide
+    as the towers' output (ml-1m, 128 wide, shared history: validation Recall@20 / NDCG@20
+    0.2523 / 0.2073 against 0.2502 / 0.2052 at 64, ahead at every epoch); with
     `cfg.shared_history` (and an item id input), the user tower's recent-items table is the item
     tower's id table, and its pool also reaches its output through a linear map."""
     torch.manual_seed(cfg.seed)  # the initial weights too: the same run whatever ran before
+    item = {"embed": cfg.dim, **shapes.item}
     shared = cfg.shared_history and "id" in modalities
-    tied = {"item_embed": shapes.item.get("embed", ItemTowerConfig.embed), "skip": True}
-    tied = tied if shared else {}
+    tied = {"item_embed": item["embed"], "skip": True} if shared else {}
     user_tower = UserTower(UserTowerConfig(
         vocab.num_items, vocab.fields("user"), vocab.share_widths(), dim=cfg.dim,
         num_users=vocab.num_users if cfg.user_ids else 0, **{**shapes.user, **tied},
@@ -350,7 +352,7 @@ def towers_for(vocab: Vocab, cfg: TrainConfig, modalities: tuple[str, ...],
         vocab.num_items, vocab.fields("item") if "categorical" in modalities else (),
         dim=cfg.dim, modalities=modalities,
         text_dim=vocab.text_dim if "text" in modalities else 0,
-        image_dim=vocab.image_dim if "image" in modalities else 0, **shapes.item,
+        image_dim=vocab.image_dim if "image" in modalities else 0, **item,
     ))  # fmt: skip
     if shared:
         user_tower.recent.weight = item_tower.ids.weight

@@ -26,7 +26,8 @@ class ItemTowerConfig:
     num_items: int  # item indices 1..num_items-1 (0: unknown)
     fields: tuple[tuple[str, str, int], ...] = ()  # (name, kind, rows): the categorical modality
     dim: int = 64  # output width, the user tower's
-    embed: int = 64  # width of the id and text embeddings before projection
+    embed: int = 64  # width of the id and text embeddings before projection (`ttr train`:
+    # the towers' width, retrieval/training.py's towers_for)
     field_embed: int = 16  # width of each feature's embedding in the categorical modality
     id_dropout: float = 0.2  # share of training rows whose id embedding is replaced by "unknown"
     text_dim: int = 0  # width of the precomputed text vector; 0: hashed words instead
