@@ -59,10 +59,11 @@ def table(rows: int, width: int) -> nn.Embedding:
 class _MeanPool(torch.autograd.Function):
     """Rows of a table summed per bag with per-slot weights. The backward multiplies the bags'
     gradient by the (rows x bags) matrix of the slots' weights, held sparse (its slots of weight
-    0, padding and hidden items, left out): for ml-1m's 1,024 x 64 recent items into 64-wide rows,
-    2.3 ms against 5.5 ms for each slot's share formed densely and added with `index_add_`, and
-    9-10 ms for `nn.EmbeddingBag`'s sorting backward. A sparse table gets the slots' shares as a
-    sparse gradient instead (rows touched only)."""
+    0, padding and hidden items, left out): ml-1m's 1,024 x 64 recent items, forward and back,
+    3.3 ms into 64-wide rows and 4.4 ms into 128-wide ones, against 6.4 and 18.7 ms for each
+    slot's share formed densely and added with `index_add_` (`benchmarks/pool.py`), and more for
+    `nn.EmbeddingBag`'s sorting backward. A sparse table gets the slots' shares as a sparse
+    gradient instead (rows touched only)."""
 
     @staticmethod
     def forward(ctx: Any, table: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
