@@ -23,7 +23,7 @@ from pathlib import Path
 
 from train import changes, opening
 
-from retrieval import evaluate, store, training
+from retrieval import artifacts, evaluate, store, training
 from retrieval.catalogue import read_meta
 from towers.train import TrainConfig
 
@@ -45,7 +45,7 @@ def one_run(prof: store.Profile, change: dict, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as root:
         cfg = TrainConfig(**{**change, "seed": seed})
         version = training.run(prof, Path(root), cfg, training.SplitConfig())
-        seconds = json.loads((version / "manifest.json").read_text())["seconds"]
+        seconds = artifacts.manifest(version)["seconds"]
         result = evaluate.run(prof, Path(root), evaluate.EvalConfig(retrain=False))
     runs = {name: recalls(model) for name, model in result["models"].items()}
     runs["two_tower"]["train_s"] = seconds
