@@ -52,4 +52,6 @@ def test_the_data_chooses_what_no_flag_sets_and_the_manifest_says_why(evaluated)
     assert choices["epochs"]["value"] == manifest["train"]["epochs"] == 30  # a small world
     assert choices["shared_history"]["value"] == 0 and not manifest["train"]["shared_history"]
     assert "time order" in choices["shared_history"]["reason"]
+    assert choices["id_dropout"]["value"] == manifest["train"]["id_dropout"]
+    assert "of validation rows are of items training never saw" in choices["id_dropout"]["reason"]
     assert manifest["metrics"]["stopped"] in ("epochs", "patience")

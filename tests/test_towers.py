@@ -438,3 +438,30 @@ def test_a_shared_sparse_table_is_stepped_once_at_the_rows_either_tower_touched(
         optimizer.step()
     moved = (items_t.ids.weight != before).any(dim=1).nonzero().flatten().tolist()
     assert moved == [3, 4, 5, 9, 70_000]
+
+
+def test_item_ids_are_dropped_out_only_where_validation_brings_new_items():
+    from retrieval.training import Shapes, Split, chosen, towers_for
+    from towers.train import TrainConfig
+
+    at = pd.Timestamp("2003-03-01", tz="UTC")
+    train = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [10, 11, 12], "event_timestamp": at})
+
+    def split_with(validation_items: list[int]) -> Split:
+        validation = pd.DataFrame({"user_id": 1, "item_id": validation_items,
+                                   "event_timestamp": at})  # fmt: skip
+        return Split("given", train, validation, validation, at, at)
+
+    known, _ = chosen(TrainConfig(dim=16, epochs=1), split_with([10, 11] * 100))
+    new, choices = chosen(TrainConfig(dim=16, epochs=1), split_with([10, 11] * 99 + [13, 14]))
+    assert known.id_dropout == 0.0 and new.id_dropout == 0.2
+    assert (
+        choices["id_dropout"]["value"] == 0.2
+        and "1.0% of validation rows" in (choices["id_dropout"]["reason"])
+    )
+    given, choices = chosen(TrainConfig(dim=16, epochs=1, id_dropout=0.5), split_with([13]))
+    assert given.id_dropout == 0.5 and choices["id_dropout"]["reason"] == "given"
+    _, items_t = towers_for(VOCAB, known, ("id",), Shapes())
+    assert items_t.config.id_dropout == 0.0
+    _, items_t = towers_for(VOCAB, TrainConfig(dim=16), ("id",), Shapes())
+    assert items_t.config.id_dropout == ItemTowerConfig.id_dropout  # none chosen: the tower's

@@ -1,7 +1,8 @@
 """The multimodal item tower: one projection per modality into a shared space, summed, L2-normed.
 
-Modalities: the item id (dropped out in training, so an item never seen still embeds from its
-content), categorical (every categorical, multi_categorical and numeric item feature, through
+Modalities: the item id (dropped out of a share of the training rows, so an item never seen
+still embeds from its content; `ttr train` keeps every id where its data brings no new items),
+categorical (every categorical, multi_categorical and numeric item feature, through
 `towers.nn.Fields`), text (a pretrained sentence encoder's vector where the catalogue has them,
 else a hashed bag of the title's and text features' words), and an image vector (a pretrained
 network's, per image). The encoders stay frozen: their vectors are inputs, and a

@@ -56,6 +56,9 @@ class TrainConfig:
     shared_history: bool | None = None  # the user tower pools its recent items from the item
     # tower's id table (SimpleX's form: a user near the items they had), not from a table of its
     # own; None: chosen from the data (`ttr train`: retrieval/adapt.py, where rows carry no time)
+    id_dropout: float | None = None  # share of training rows whose item id the item tower drops
+    # (ItemTowerConfig.id_dropout); None: chosen from the data (`ttr train`: retrieval/adapt.py,
+    # 0.2 where validation has items training never saw, else 0)
     k: int = 20  # the recall@k early stopping watches
     seed: int = 0
 
