@@ -14,7 +14,10 @@ towers without masking each row's user's items out of its negatives (`--mask-see
 the masks cost), and the last pools the user's recent items from the item tower's id table, with
 a linear path from the pool to the output and the ids as wide as the towers
 (`TrainConfig.shared_history`, what `ttr train` chooses on ml-1m, whose rows carry no time
-order); an ml-1m epoch is 800,000 examples less the
+order, with every item id kept). Three more variants cut that one's capacity where its time goes:
+the user tower's MLP 128 wide instead of 256, the text and image vectors 128 wide before their
+projections (what a reduction of the pretrained vectors would leave: the cost is measured here,
+not what the cut does to recall), and both. An ml-1m epoch is 800,000 examples less the
 validation share, 720,000. The variants run in turn, `--repeats` rounds, and each reports its
 best round: the machine is shared, and what slows a round is other work on it. `--nproc 1 2`
 measures each variant in one process and in two under DDP (`towers.distributed`, gloo), each
@@ -51,14 +54,22 @@ USER_FIELDS = (("age", "categorical", 8), ("gender", "categorical", 3),
 ITEM_FIELDS = (("genres", "multi_categorical", GENRES + 1),)
 FULL = {"modalities": ("id", "categorical", "text", "image"), "text_dim": TEXT_DIM,
         "image_dim": IMAGE_DIM}  # fmt: skip
-VARIANTS = {  # the item tower's config per variant, and changes to the training config
+ML1M = {"item": {**FULL, "id_dropout": 0.0}, "shared": True}  # what `ttr train` builds on ml-1m
+VARIANTS = {  # the item tower's config per variant, changes to the user tower's and training's
     "id only (baseline)": {"item": {"modalities": ("id",)}},
     "id+categorical+text (hashed words)": {"item": {"modalities": ("id", "categorical", "text")}},
     "id+categorical+text+image (pretrained vectors)": {"item": FULL},
     "the same, seen items left among negatives": {"item": FULL, "train": {"mask_seen": False}},
-    "the same, history pooled from the item id table (ml-1m's defaults)": {
-        "item": FULL,
-        "shared": True,
+    "the same, history pooled from the item id table (ml-1m's defaults)": ML1M,
+    "ml-1m's defaults, the user tower's MLP 128 wide (from 256)": {**ML1M, "user": {"hidden": 128}},
+    "ml-1m's defaults, text and image vectors 128 wide (from 384 and 1,280)": {
+        **ML1M,
+        "item": {**ML1M["item"], "text_dim": 128, "image_dim": 128},
+    },
+    "ml-1m's defaults, both cuts": {
+        **ML1M,
+        "user": {"hidden": 128},
+        "item": {**ML1M["item"], "text_dim": 128, "image_dim": 128},
     },
 }
 IMAGE_BYTES = 2e9  # the most the random image vectors may take
@@ -99,9 +110,9 @@ def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: i
     torch.manual_seed(0)
     items = len(catalogue["item"])
     shared = {"item_embed": dim, "skip": True} if variant.get("shared") else {}
-    user_tower = UserTower(
-        UserTowerConfig(items, USER_FIELDS, (("genres", GENRES),), dim=dim, **shared)
-    )
+    user_tower = UserTower(UserTowerConfig(items, USER_FIELDS, (("genres", GENRES),), dim=dim,
+                                           **shared, **variant.get("user", {})))  # fmt: skip
+    catalogue = narrowed(catalogue, variant["item"])
     fields = ITEM_FIELDS if "categorical" in variant["item"]["modalities"] else ()
     embed = {"embed": dim} if shared else {}  # ttr train's ids: as wide as the towers
     item_tower = ItemTower(ItemTowerConfig(items, fields, dim=dim, **variant["item"], **embed))
@@ -111,6 +122,16 @@ def rate(variant: dict, users: dict, catalogue: dict, rows: torch.Tensor, dim: i
     result = train(user_tower, item_tower, users, rows, torch.zeros(items), catalogue, small,
                    TrainConfig(epochs=1, batch_size=1024, **variant.get("train", {})))  # fmt: skip
     return result["history"][0]["examples_per_s"]
+
+
+def narrowed(catalogue: dict, item: dict) -> dict:
+    """The catalogue's text and image vectors cut to the widths the item tower's config `item`
+    takes (the cost of vectors reduced before the projection, not their quality)."""
+    out = dict(catalogue)
+    for kind in ("text", "image"):
+        if f"{kind}_vector" in out and item.get(f"{kind}_dim"):
+            out[f"{kind}_vector"] = out[f"{kind}_vector"][:, : item[f"{kind}_dim"]].contiguous()
+    return out
 
 
 def runs_at(args: argparse.Namespace, items: int) -> dict[str, dict]:
