@@ -465,3 +465,33 @@ def test_item_ids_are_dropped_out_only_where_validation_brings_new_items():
     assert items_t.config.id_dropout == 0.0
     _, items_t = towers_for(VOCAB, TrainConfig(dim=16), ("id",), Shapes())
     assert items_t.config.id_dropout == ItemTowerConfig.id_dropout  # none chosen: the tower's
+
+
+def test_early_stopping_waits_out_a_dip_below_the_first_epoch(monkeypatch):
+    """Validation that sinks under epoch 1's recall, then climbs (amazon-hin's start): patience
+    alone keeps epoch 1; with half the epochs run first, the climb is found and kept."""
+    from towers import train as tt
+
+    curve = [0.5, 0.4, 0.4, 0.4, 0.6, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55]
+    g = torch.Generator().manual_seed(0)
+    users = {"user": torch.arange(1, 65), "activity": torch.randn(64, 4, generator=g),
+             "recent_items": torch.randint(0, 20, (64, 5), generator=g)}  # fmt: skip
+    catalogue = {"item": torch.arange(20)}
+    validation = tt.Validation(users, [{1}] * 64, [set()] * 64)
+
+    def run(**cfg) -> dict:
+        scores = iter(curve)
+        monkeypatch.setattr(tt, "scored", lambda *args: {"recall": next(scores), "ndcg": 0.0})
+        torch.manual_seed(0)
+        return tt.train(
+            UserTower(UserTowerConfig(num_items=20, dim=8)),
+            ItemTower(ItemTowerConfig(num_items=20, dim=8)),
+            users, torch.randint(1, 20, (64,), generator=g), torch.zeros(20), catalogue,
+            validation, tt.TrainConfig(epochs=12, batch_size=32, patience=2, **cfg),
+        )  # fmt: skip
+
+    patient = run(min_epochs=1)
+    assert (patient["best_epoch"], len(patient["history"])) == (1, 3)
+    waited = run()  # min_epochs 0: 6 of the 12 first
+    assert (waited["best_epoch"], len(waited["history"])) == (5, 7)
+    assert waited["stopped"] == "patience"

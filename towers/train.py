@@ -36,6 +36,9 @@ class TrainConfig:
     extra_negatives: int = 0  # uniform negatives added to the in-batch ones, per batch
     patience: int = 5  # epochs without a better validation recall before stopping (ml-1m's
     # validation recall dips for 3-4 epochs at a time and climbs on to epoch 26-29 of 30)
+    min_epochs: int = 0  # epochs run before patience may stop; 0: half of `epochs` (amazon-hin's
+    # validation recall sits below its first epoch's for 4-5 epochs before it climbs: on patience
+    # alone seed 2 stopped at epoch 6 and kept epoch 1, popularity's level on test)
     refit: bool = True  # then train afresh on training + validation rows for the best epochs
     user_ids: bool = False  # a user-id input (with dropout) beside the user's features
     user_weight: float = 0.5  # examples weigh n^-user_weight, n their user's count: recall
@@ -233,10 +236,10 @@ def train(
     """Fit both towers on positive pairs (row i of `users`, row `item_rows[i]` of `catalogue`);
     `item_log_q[r]` is the log sampling probability of catalogue row r. With a `validation` set,
     keeps the weights of the epoch with the best validation recall@k and stops after `patience`
-    epochs without progress; without one, runs every epoch and keeps the last. The weights
-    validated and kept are their moving average over `cfg.average` epochs (`Averaged`). `times`
-    (each row's time, int64) tell `cfg.mask_seen` which items a row's user had by then; without
-    them, every training item of the user counts as had."""
+    epochs without progress (not before `min_epochs`); without one, runs every epoch and keeps the
+    last. The weights validated and kept are their moving average over `cfg.average` epochs
+    (`Averaged`). `times` (each row's time, int64) tell `cfg.mask_seen` which items a row's user
+    had by then; without them, every training item of the user counts as had."""
     torch.manual_seed(cfg.seed + distributed.rank())  # dropout and history draws: per process
     generator = torch.Generator().manual_seed(cfg.seed)  # the epochs' order: the same in all
     model = distributed.wrap(TwoTowers(user_tower, item_tower))
@@ -249,6 +252,7 @@ def train(
     best = {"recall": -1.0, "epoch": -1, "state": None}
     averaged = Averaged(model, cfg.average * -(-n // cfg.batch_size))
     history, stopped = [], "epochs"
+    floor = cfg.min_epochs or -(-cfg.epochs // 2)  # before it, early stopping waits
     for epoch in range(cfg.epochs):
         user_tower.train()
         item_tower.train()
@@ -300,7 +304,7 @@ def train(
                 state = (copy.deepcopy(user_tower.state_dict()),
                          copy.deepcopy(item_tower.state_dict()))  # fmt: skip
                 best = {**scores, "epoch": epoch + 1, "state": state}
-        if not improved and epoch + 1 - best["epoch"] >= cfg.patience:
+        if not improved and epoch + 1 - best["epoch"] >= cfg.patience and epoch + 1 >= floor:
             stopped = "patience"
             break
     if validation is None:
