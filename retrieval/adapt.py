@@ -93,6 +93,14 @@ def id_dropout(new_share: float) -> Choice:
                        "catalogue still embeds from its content, less well)")  # fmt: skip
 
 
+def given_or(given: bool | float | None, rule: Callable[[], Choice]) -> Choice:
+    """The user's value where they set one (None: unset; a flag as 0 or 1), else the rule's
+    choice."""
+    if given is None:
+        return rule()
+    return Choice(int(given) if isinstance(given, bool) else given, "given")
+
+
 def settle(cfg: T, rules: dict[str, Callable[[], Choice]]) -> tuple[T, dict]:
     """`cfg` (a config dataclass) with each field that `rules` names and `cfg` leaves at 0 set by
     its rule; and every such field's choice and reason ("given" where the user set it)."""

@@ -327,11 +327,9 @@ def chosen(cfg: TrainConfig, sp: Split) -> tuple[TrainConfig, dict]:
     rows = len(sp.train)
     rules = {"dim": lambda: adapt.width(rows), "epochs": lambda: adapt.epochs(rows, cfg.refit)}
     cfg, choices = adapt.settle(cfg, rules)
-    shared = (adapt.shared_history(not timeless(sp)) if cfg.shared_history is None
-              else adapt.Choice(int(cfg.shared_history), "given"))  # fmt: skip
+    shared = adapt.given_or(cfg.shared_history, lambda: adapt.shared_history(not timeless(sp)))
     choices["shared_history"] = shared.to_json()
-    dropout = (adapt.id_dropout(new_items_share(sp)) if cfg.id_dropout is None
-               else adapt.Choice(cfg.id_dropout, "given"))  # fmt: skip
+    dropout = adapt.given_or(cfg.id_dropout, lambda: adapt.id_dropout(new_items_share(sp)))
     choices["id_dropout"] = dropout.to_json()
     return dataclasses.replace(cfg, shared_history=bool(shared.value),
                                id_dropout=float(dropout.value)), choices  # fmt: skip
