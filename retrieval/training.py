@@ -325,7 +325,8 @@ def cold_prior(world: World, sp: Split, validation: Validation, user_tower: User
 def chosen(cfg: TrainConfig, sp: Split) -> tuple[TrainConfig, dict]:
     """`cfg` with what it leaves to the data chosen by its rule (the choices and reasons beside)."""
     rows = len(sp.train)
-    rules = {"dim": lambda: adapt.width(rows), "epochs": lambda: adapt.epochs(rows, cfg.refit)}
+    rules = {"dim": lambda: adapt.width(rows), "batch_size": lambda: adapt.batch_size(rows),
+             "epochs": lambda: adapt.epochs(rows, cfg.refit)}  # fmt: skip
     cfg, choices = adapt.settle(cfg, rules)
     shared = adapt.given_or(cfg.shared_history, lambda: adapt.shared_history(not timeless(sp)))
     choices["shared_history"] = shared.to_json()

@@ -467,6 +467,24 @@ def test_item_ids_are_dropped_out_only_where_validation_brings_new_items():
     assert items_t.config.id_dropout == ItemTowerConfig.id_dropout  # none chosen: the tower's
 
 
+def test_the_batch_follows_the_training_rows_unless_given():
+    from retrieval import adapt
+    from retrieval.training import Split, chosen
+    from towers import train as tt
+
+    at = pd.Timestamp("2003-03-01", tz="UTC")
+    rows = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [10, 11, 12], "event_timestamp": at})
+    sp = Split("given", rows, rows, rows, at, at)
+    small, choices = chosen(tt.TrainConfig(dim=16, epochs=1), sp)
+    assert small.batch_size == adapt.SMALL_BATCH < adapt.BATCH
+    assert "fewer than" in choices["batch_size"]["reason"]
+    assert adapt.batch_size(adapt.WIDE_FROM).value == adapt.BATCH
+    given, choices = chosen(tt.TrainConfig(dim=16, epochs=1, batch_size=64), sp)
+    assert given.batch_size == 64 and choices["batch_size"]["reason"] == "given"
+    with pytest.raises(ValueError, match="batch_size 0"):  # train() itself chooses nothing
+        tt.train(None, None, {}, torch.zeros(0), torch.zeros(0), {}, None, tt.TrainConfig(epochs=1))
+
+
 def test_early_stopping_waits_out_a_dip_below_the_first_epoch(monkeypatch):
     """Validation that sinks under epoch 1's recall, then climbs (amazon-hin's start): patience
     alone keeps epoch 1; with half the epochs run first, the climb is found and kept."""

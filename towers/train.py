@@ -26,7 +26,8 @@ class TrainConfig:
     # 30 where they fit a budget of examples, fewer on larger data)
     dim: int = 0  # both towers' output width; 0: chosen from the training rows (`ttr train`:
     # retrieval/adapt.py, 64 or 128; the towers' own default is UserTowerConfig.dim)
-    batch_size: int = 1024
+    batch_size: int = 0  # examples a step; 0: chosen from the training rows (`ttr train`:
+    # retrieval/adapt.py, 1,024 on large data, 512 on small)
     lr: float = 3e-3
     weight_decay: float = 1e-6
     temperature: float = 0.05
@@ -240,6 +241,9 @@ def train(
     last. The weights validated and kept are their moving average over `cfg.average` epochs
     (`Averaged`). `times` (each row's time, int64) tell `cfg.mask_seen` which items a row's user
     had by then; without them, every training item of the user counts as had."""
+    if cfg.epochs <= 0 or cfg.batch_size <= 0:
+        raise ValueError(f"epochs {cfg.epochs}, batch_size {cfg.batch_size}: set both "
+                         "(ttr train chooses them from the data)")  # fmt: skip
     torch.manual_seed(cfg.seed + distributed.rank())  # dropout and history draws: per process
     generator = torch.Generator().manual_seed(cfg.seed)  # the epochs' order: the same in all
     model = distributed.wrap(TwoTowers(user_tower, item_tower))
