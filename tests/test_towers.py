@@ -481,7 +481,7 @@ def test_the_batch_follows_the_training_rows_unless_given():
     assert adapt.batch_size(adapt.WIDE_FROM).value == adapt.BATCH
     given, choices = chosen(tt.TrainConfig(dim=16, epochs=1, batch_size=64), sp)
     assert given.batch_size == 64 and choices["batch_size"]["reason"] == "given"
-    with pytest.raises(ValueError, match="batch_size 0"):  # train() itself chooses nothing
+    with pytest.raises(ValueError, match="batch_size 0: both must be positive"):  # none chosen
         tt.train(None, None, {}, torch.zeros(0), torch.zeros(0), {}, None, tt.TrainConfig(epochs=1))
 
 

@@ -242,8 +242,8 @@ def train(
     (`Averaged`). `times` (each row's time, int64) tell `cfg.mask_seen` which items a row's user
     had by then; without them, every training item of the user counts as had."""
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
-        raise ValueError(f"epochs {cfg.epochs}, batch_size {cfg.batch_size}: set both "
-                         "(ttr train chooses them from the data)")  # fmt: skip
+        raise ValueError(f"epochs {cfg.epochs} and batch_size {cfg.batch_size}: both must be "
+                         "positive (`ttr train` chooses each left at 0 from the data)")  # fmt: skip
     torch.manual_seed(cfg.seed + distributed.rank())  # dropout and history draws: per process
     generator = torch.Generator().manual_seed(cfg.seed)  # the epochs' order: the same in all
     model = distributed.wrap(TwoTowers(user_tower, item_tower))
