@@ -250,7 +250,8 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig, progress: Progress | N
         )]  # fmt: skip
     ranker = version_ranker(version, vocab, progress)
     if ranker is not None:
-        ranked = RankerView(ranker, user_x, catalogue_items(world, sp.test_time), users, items)
+        ranked = RankerView(ranker, user_x, catalogue_items(world, sp.test_time), users, items,
+                            proto.exclude)  # fmt: skip
         candidates = metrics.top_k(*vectors["two_tower"], proto.exclude, cfg.candidates)
         tops["two_stage"] = two_stage(candidates, ranked)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
@@ -485,20 +486,23 @@ def version_ranker(version: Path, vocab: Vocab, progress: Progress | None = None
 @dataclass
 class RankerView:
     """The ranker's scores of test users (rows of `users`) against catalogue rows (`items`), both
-    sides' features as of the test time, beside their retrieval scores (the towers' embeddings
-    `user_vectors` and `item_vectors`)."""
+    sides' features as of the test time, beside their first-stage scores (from the towers'
+    embeddings `user_vectors` and `item_vectors`, and the catalogue rows each user had before
+    the test, `history`)."""
 
     ranker: Ranker
     users: Inputs
     items: Inputs
     user_vectors: np.ndarray
     item_vectors: np.ndarray
+    history: list[set[int]]
 
     @torch.no_grad()
     def scores(self, row: int, items: np.ndarray) -> np.ndarray:
         one = take(self.users, torch.tensor([row]))
         item = take(self.items, torch.from_numpy(items))
         retrieval = torch.from_numpy(self.item_vectors[items] @ self.user_vectors[row])
+        retrieval = self.ranker.first_stage(retrieval, self.history[row], items)
         return self.ranker.score(one, item, retrieval).numpy()
 
 

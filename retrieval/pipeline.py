@@ -3,7 +3,8 @@
     user id -> online features (one read: the user tower's features and the user's history)
       -> user embedding -> FAISS top-N -> drop the items the user has seen
       -> (a user with no history: the popularity prior, `retrieval.prior`)
-      -> the NCF ranker re-scores -> top k with both scores
+      -> the NCF ranker re-scores (the towers' cosine and, where the ranker chose them, the
+         item-to-item neighbours of the user's items: `towers.neighbours`) -> top k with both scores
 
 Everything per item (titles, the ranker's item inputs, popularity) is read once at load, so a
 request reads the online store for one entity only. A user the store does not know, a user with
@@ -164,8 +165,9 @@ class Pipeline:
         row = self._features(user_id, seconds)
         if row is None:
             return self.popular_items(user_id, k, set(), seconds)
-        seen = self.vocab.items.rows(row.get("seen_items") or [] if exclude_seen else [])
-        seen = seen[seen >= 0]  # catalogue rows
+        history = self.vocab.items.rows(row.get("seen_items") or [])
+        history = history[history >= 0]  # catalogue rows
+        seen = history if exclude_seen else history[:0]
         if not _known(row):
             return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "user_tower"), torch.inference_mode():
@@ -176,7 +178,7 @@ class Pipeline:
         if not len(rows):
             return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "rerank"):
-            chances = self._rerank(x, torch.from_numpy(rows), scores)
+            chances = self._rerank(x, rows, scores, history)
         best = (np.arange(min(k, len(rows))) if chances is None
                 else np.argsort(-chances, kind="stable")[:k])  # fmt: skip
         items = [self._item(int(rows[j]), None if chances is None else float(chances[j]),
@@ -212,14 +214,16 @@ class Pipeline:
         self.breaker.succeeded()
         return row
 
-    def _rerank(self, x: dict, rows: torch.Tensor, retrieval: np.ndarray) -> np.ndarray | None:
-        """The ranker's probability of each candidate (the sigmoid of its Platt-scaled logit);
-        None without a ranker."""
+    def _rerank(self, x: dict, rows: np.ndarray, retrieval: np.ndarray,
+                history: np.ndarray) -> np.ndarray | None:  # fmt: skip
+        """The ranker's probability of each candidate (catalogue `rows`; the sigmoid of its
+        Platt-scaled logit) for a user who had the rows `history`; None without a ranker."""
         if self.ranker is None:
             return None
         with torch.inference_mode():
-            item = take(self.items, rows)
-            return torch.sigmoid(self.ranker.score(x, item, torch.from_numpy(retrieval))).numpy()
+            item = take(self.items, torch.from_numpy(rows))
+            first = self.ranker.first_stage(torch.from_numpy(retrieval), history, rows)
+            return torch.sigmoid(self.ranker.score(x, item, first)).numpy()
 
     def popular_items(
         self, user_id: int | str, k: int, seen: set[int], seconds: dict[str, float] | None = None

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from retrieval import ranking
-from towers import metrics
+from towers import metrics, neighbours
+from towers.inputs import Ids, Vocab
 from towers.ranker import Ranker, RankerConfig
 
 
@@ -80,7 +81,7 @@ def served(relevant: list[set[int]]) -> ranking.Served:
     return ranking.Served(
         {"user": torch.tensor([1, 2])}, {"item": torch.arange(5)},
         np.array([[0, 1, 2], [3, 4, -1]]), torch.tensor([[0.9, 0.5, 0.1], [0.8, 0.2, 0.0]]),
-        relevant,
+        relevant, [set(), set()],
     )  # fmt: skip
 
 
@@ -116,9 +117,89 @@ def test_the_ranker_keeps_the_retrieval_order_where_training_cannot_beat_it():
     )  # fmt: skip
     cand = np.stack([rng.permutation(n_items)[:5] for _ in range(n_users)])
     retrieval = torch.linspace(1.0, 0.0, 5).repeat(n_users, 1)
-    task = ranking.Served(users, items, cand, retrieval, [{int(c[0])} for c in cand])
+    task = ranking.Served(users, items, cand, retrieval, [{int(c[0])} for c in cand],
+                          [set()] * n_users)  # fmt: skip
     ranker = Ranker(config)
     cfg = ranking.RankerTrainConfig(epochs=3, batch_size=64, lr=0.05, patience=3)
     result = ranking.fit_ranker(ranker, data, task, cfg)
     assert result["best_epoch"] == 0 and len(result["history"]) == 4
     assert ranking.served_metrics(ranker, task) == {"recall@20": 1.0, "ndcg@20": 1.0}
+
+
+def test_neighbours_are_the_closed_form_ridge_regression_of_each_item_on_the_others():
+    """Column j of B regresses item j's column of X on the other items' (EASE): checked against
+    that regression solved directly, column by column."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((30, 6)) < 0.4).astype(np.float64)
+    users, items = np.nonzero(x)
+    b = neighbours.fit(np.repeat(users, 2), np.repeat(items, 2), 6, lam=2.0)  # repeats count once
+    gram = x.T @ x
+    for j in range(6):
+        others = [i for i in range(6) if i != j]
+        direct = np.linalg.solve(gram[np.ix_(others, others)] + 2.0 * np.eye(5), gram[others, j])
+        assert np.allclose(b[others, j], direct, atol=1e-5) and b[j, j] == 0
+
+
+def test_neighbour_scores_sum_the_rows_of_the_users_items_either_way():
+    matrix = np.arange(16, dtype=np.float32).reshape(4, 4)
+    few = neighbours.scores(matrix, [2, 0, 2], np.array([3, -1]))  # the candidates' columns
+    every = neighbours.scores(matrix, {0, 2}, np.array([[3, 1, 0, 2], [-1, -1, 1, 1]]))  # rows
+    assert few.tolist() == [3 + 11, 0]
+    assert every.tolist() == [[14, 10, 8, 12], [0, 0, 10, 10]]
+    assert neighbours.scores(matrix, set(), np.array([1, 2])).tolist() == [0, 0]
+
+
+def blocks(n_users: int = 40, seed: int = 0) -> tuple[pd.DataFrame, list[set[int]], list[set[int]]]:
+    """Items 0-9 and 10-19: each user takes half of one block in training (users alternate) and
+    one more item of it later."""
+    rng, rows, history, later = np.random.default_rng(seed), [], [], []
+    for user in range(n_users):
+        block = np.arange(10) + 10 * (user % 2)
+        picked = rng.permutation(block)
+        rows += [(user, int(item)) for item in picked[:5]]
+        history.append(set(picked[:5].tolist()))
+        later.append({int(picked[5])})
+    return pd.DataFrame(rows, columns=["user_id", "item_id"]), history, later
+
+
+def catalogue(n: int) -> Vocab:
+    """A vocabulary whose catalogue rows are the item ids 0..n-1."""
+    return Vocab(Ids(np.arange(n)), Ids(np.arange(40)))
+
+
+def test_the_validation_users_choose_neighbours_where_their_items_predict_what_comes_next():
+    """The towers rank every unseen item alike (noise); the neighbours know the blocks: they are
+    chosen, and their first-stage order finds the users' next items."""
+    rows, history, later = blocks()
+    rng = np.random.default_rng(1)
+    cand = np.stack([np.array(sorted(set(range(20)) - h)) for h in history])  # 15 unseen each
+    task = ranking.Served({}, {}, cand, torch.from_numpy(rng.normal(0, 0.01, cand.shape)).float(),
+                          later, history)  # fmt: skip
+    cfg = ranking.RankerTrainConfig()
+    chosen, matrix = ranking.choose_neighbours(rows, catalogue(20), task, cfg)
+    assert chosen["weight"] > 0 and matrix is not None
+    assert chosen["validation"]["recall@20"] == 1.0  # 15 candidates: every next item is in them
+    assert chosen["validation"]["ndcg@20"] > chosen["retrieval_order"]["ndcg@20"] + 0.2
+    ranker = ranking.ranker_with(
+        RankerConfig(2, 21, neighbour_items=20, neighbour_weight=chosen["weight"]), matrix, 0
+    )
+    ordered = task.first_stage(ranker)
+    top3 = np.take_along_axis(cand, np.argsort(-ordered.retrieval.numpy(), axis=1)[:, :3], 1)
+    assert all(set(top.tolist()) <= set(range(10 * (u % 2), 10 * (u % 2) + 10))
+               for u, top in enumerate(top3))  # fmt: skip
+    unoffered, none = ranking.choose_neighbours(
+        rows, catalogue(20), task, ranking.RankerTrainConfig(neighbours=False)
+    )
+    assert unoffered["weight"] == 0 and none is None
+
+
+def test_neighbours_are_not_chosen_where_the_towers_already_rank_the_next_items_first():
+    rows, history, later = blocks()
+    cand = np.stack([np.array([*sorted(nxt), *sorted(set(range(20)) - h - nxt)])
+                     for h, nxt in zip(history, later, strict=True)])  # fmt: skip
+    retrieval = torch.linspace(1.0, 0.0, cand.shape[1]).repeat(len(cand), 1)
+    task = ranking.Served({}, {}, cand, retrieval, later, history)
+    chosen, matrix = ranking.choose_neighbours(
+        rows, catalogue(20), task, ranking.RankerTrainConfig()
+    )
+    assert chosen["weight"] == 0 and matrix is None and chosen["tried"]

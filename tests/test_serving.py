@@ -209,3 +209,44 @@ def test_a_user_without_history_is_ranked_with_the_popularity_prior(world, monke
     assert [it["item_id"] for it in cold.items] == unseen[:5]  # popularity's order at weight 1000
     assert cold.source == "personalized" and all(-1 <= it["retrieval_score"] <= 1
                                                   for it in cold.items)  # fmt: skip
+
+
+def test_the_ranker_adds_the_neighbours_of_the_users_whole_history_as_chosen(world):
+    """In the planted groups a user's items predict the next: the validation users choose the
+    neighbours, and `/recommend` scores each candidate from the cosine plus their weighted score
+    over everything the user had, whether or not the seen items are excluded."""
+    import numpy as np
+    import torch
+
+    from retrieval import bundle, store
+    from retrieval.catalogue import read_meta
+    from retrieval.pipeline import Pipeline
+    from towers import neighbours
+    from towers.inputs import user_inputs
+
+    repo, root, inter = world
+    served = bundle.newest(root)
+    chosen = artifacts.manifest(artifacts.target(served.version, artifacts.RANKER))["neighbours"]
+    assert chosen["weight"] > 0 and chosen["validation"]["ndcg@20"] > chosen["retrieval_order"][
+        "ndcg@20"]  # fmt: skip
+    ranker = served.ranker
+    assert ranker.config.neighbour_weight == chosen["weight"]
+    assert ranker.neighbour_matrix.abs().sum() > 0  # the refit's matrix, saved and loaded
+    prof = store.profile(repo)
+    pipeline = Pipeline(store.open_store(prof), served, read_meta(prof.offline_dir)["schema"])
+    user = int(inter["user_id"].iloc[0])
+    row = pipeline._features(user, {})  # the online row a request reads
+    had = served.vocab.items.rows(row["seen_items"])  # all the user had, as the store holds it
+    rec = pipeline.recommend(user, 10)
+    rows = served.vocab.items.rows([it["item_id"] for it in rec.items])
+    cosine = torch.tensor([it["retrieval_score"] for it in rec.items])
+    added = neighbours.scores(ranker.neighbour_matrix.numpy(), set(had.tolist()), rows)
+    assert np.ptp(added) > 0  # the neighbours tell these candidates apart
+    first = cosine + chosen["weight"] * torch.from_numpy(added)
+    item = {name: t[torch.from_numpy(rows)] for name, t in pipeline.items.items()}
+    x = user_inputs({name: [value] for name, value in row.items()}, served.vocab)
+    with torch.inference_mode():
+        logits = ranker.score(x, item, first)
+    assert np.allclose(torch.sigmoid(logits).numpy(), [it["score"] for it in rec.items], atol=1e-5)
+    everything = {it["item_id"]: it["score"] for it in pipeline.recommend(user, 80, False).items}
+    assert all(everything[it["item_id"]] == pytest.approx(it["score"]) for it in rec.items)

@@ -1,6 +1,8 @@
 """NeuMF with side features (He et al. 2017): a GMF branch over user and item ids, an MLP branch
 over the ids and both sides' features, joined by one linear layer into a logit, with the retrieval
-stage's score (the two towers' dot product) beside them in that layer.
+stage's score beside them in that layer: the two towers' dot product, plus, where the validation
+users chose it, a weight times the item-to-item neighbours' score (`towers.neighbours`) of the
+candidate given the user's items (`Ranker.first_stage`).
 
 The user side takes the same inputs as the user tower (`towers.inputs.user_inputs`); the item side
 the item tower's categorical inputs plus the item's popularity (`popularity_inputs`); and for
@@ -9,12 +11,15 @@ each activity share, how much of the user's history falls on the item's values (
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from towers import neighbours
 from towers.inputs import scalar
 from towers.nn import Dropout, Fields, known
 
@@ -34,6 +39,8 @@ class RankerConfig:
     hidden: tuple[int, ...] = (128, 64, 32)
     dropout: float = 0.1
     retrieval_scale: float = 20.0  # the towers' 1 / temperature: the initial logit's weight
+    neighbour_items: int = 0  # catalogue rows of the neighbour matrix (0: no neighbours)
+    neighbour_weight: float = 0.0  # its score's weight in the first-stage score, beside the cosine
 
 
 def popularity_inputs(frame: pd.DataFrame, rating: tuple[float, float]) -> torch.Tensor:
@@ -66,6 +73,8 @@ class Ranker(nn.Module):
             layers += [nn.Linear(d_in, d_out), nn.ReLU(), Dropout(c.dropout)]
         self.mlp = nn.Sequential(*layers)
         self.out = nn.Linear(c.gmf + c.hidden[-1] + 1, 1)
+        n = c.neighbour_items
+        self.register_buffer("neighbour_matrix", torch.zeros(n, n))  # `towers.neighbours.fit`
         for table in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
             nn.init.normal_(table.weight, std=0.01)
         with torch.no_grad():  # untrained, it ranks as the retrieval stage; training adds to that
@@ -73,9 +82,19 @@ class Ranker(nn.Module):
             self.out.weight[0, -1] = c.retrieval_scale
             self.out.bias.zero_()
 
+    def first_stage(self, retrieval: torch.Tensor, history: Collection[int],
+                    items: np.ndarray) -> torch.Tensor:  # fmt: skip
+        """The score the ranker reads as `retrieval`: the towers' cosines `retrieval` of catalogue
+        rows `items` (same shape) for a user who had the rows in `history`, plus the neighbours'
+        score times its weight."""
+        if not self.config.neighbour_weight:
+            return retrieval
+        added = neighbours.scores(self.neighbour_matrix.numpy(), history, items)
+        return retrieval + self.config.neighbour_weight * torch.from_numpy(added)
+
     def forward(self, user: Inputs, item: Inputs, retrieval: torch.Tensor) -> torch.Tensor:
-        """Logits (B,) for row i of `user` with row i of `item`, whose retrieval score is
-        `retrieval[i]`."""
+        """Logits (B,) for row i of `user` with row i of `item`, whose first-stage score
+        (`first_stage`) is `retrieval[i]`."""
         return self._logits(self._user_side(user), item, retrieval)
 
     def score(self, user: Inputs, items: Inputs, retrieval: torch.Tensor) -> torch.Tensor:
