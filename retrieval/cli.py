@@ -275,14 +275,18 @@ def cmd_train_ranker(args: argparse.Namespace) -> None:
     with bars() as progress:
         cfg = _config_from(RankerTrainConfig, args)
         version = ranking.run(prof, artifacts_root(args), cfg, progress)
-    metrics = artifacts.manifest(version)["metrics"]
+    made = artifacts.manifest(version)
+    metrics, chosen = made["metrics"], made["neighbours"]
     start = metrics["retrieval_order"]
     kept = (
-        "the retrieval order (no epoch beat it)"
+        "the first-stage order (no epoch beat it)"
         if metrics["best_epoch"] == 0
         else (f"epoch {metrics['best_epoch']}")
     )
-    print(f"trained ranker: kept {kept}; validation recall@20 {start['recall@20']:.4f} -> "
+    first = (f"the cosine + {chosen['weight']:g} x the neighbours (lambda {chosen['lambda']:g})"
+             if chosen["weight"] else "the cosine alone")  # fmt: skip
+    print(f"trained ranker: first stage {first}; kept {kept}; validation recall@20 "
+          f"{start['recall@20']:.4f} -> "
           f"{metrics['val_recall@20']:.4f}, NDCG@20 {start['ndcg@20']:.4f} -> "
           f"{metrics['val_ndcg@20']:.4f} -> {version}")  # fmt: skip
 

@@ -250,8 +250,8 @@ def run(prof: store.Profile, root: Path, cfg: EvalConfig, progress: Progress | N
         )]  # fmt: skip
     ranker = version_ranker(version, vocab, progress)
     if ranker is not None:
-        ranked = RankerView(ranker, user_x, catalogue_items(world, sp.test_time), users, items,
-                            proto.exclude)  # fmt: skip
+        ranked = RankerView(ranker, user_x, catalogue_items(world, sp.test_time),
+                            *vectors["two_tower"], proto.exclude)  # fmt: skip
         candidates = metrics.top_k(*vectors["two_tower"], proto.exclude, cfg.candidates)
         tops["two_stage"] = two_stage(candidates, ranked)
     users_info = {"test_users": len(proto.users), "warm_users": int(proto.warm.sum())}
@@ -486,9 +486,10 @@ def version_ranker(version: Path, vocab: Vocab, progress: Progress | None = None
 @dataclass
 class RankerView:
     """The ranker's scores of test users (rows of `users`) against catalogue rows (`items`), both
-    sides' features as of the test time, beside their first-stage scores (from the towers'
-    embeddings `user_vectors` and `item_vectors`, and the catalogue rows each user had before
-    the test, `history`)."""
+    sides' features as of the test time, beside their first-stage scores (from the retrieval
+    stage's served scores, the inner products of `user_vectors` and `item_vectors`: the cosine,
+    with the prior for users without history; and the catalogue rows each user had before the
+    test, `history`)."""
 
     ranker: Ranker
     users: Inputs

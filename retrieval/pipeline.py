@@ -173,12 +173,14 @@ class Pipeline:
         with _timed(seconds, "user_tower"), torch.inference_mode():
             x = user_inputs({name: [value] for name, value in row.items()}, self.vocab)
             query = self.user_tower(x).numpy()
+        cold = bool(prior.cold(x)[0])
         with _timed(seconds, "ann"):
-            rows, scores = self._retrieved(query, seen, bool(prior.cold(x)[0]))
+            rows, scores = self._retrieved(query, seen, cold)
         if not len(rows):
             return self.popular_items(user_id, k, set(seen.tolist()), seconds)
         with _timed(seconds, "rerank"):
-            chances = self._rerank(x, rows, scores, history)
+            served = scores + self.cold_prior * self.log_counts[rows] if cold else scores
+            chances = self._rerank(x, rows, served, history)
         best = (np.arange(min(k, len(rows))) if chances is None
                 else np.argsort(-chances, kind="stable")[:k])  # fmt: skip
         items = [self._item(int(rows[j]), None if chances is None else float(chances[j]),
@@ -216,8 +218,9 @@ class Pipeline:
 
     def _rerank(self, x: dict, rows: np.ndarray, retrieval: np.ndarray,
                 history: np.ndarray) -> np.ndarray | None:  # fmt: skip
-        """The ranker's probability of each candidate (catalogue `rows`; the sigmoid of its
-        Platt-scaled logit) for a user who had the rows `history`; None without a ranker."""
+        """The ranker's probability of each candidate (catalogue `rows`, with their retrieval
+        stage's scores `retrieval`; the sigmoid of its Platt-scaled logit) for a user who had the
+        rows `history`; None without a ranker."""
         if self.ranker is None:
             return None
         with torch.inference_mode():

@@ -3,6 +3,7 @@ the NCF protocol's sampled candidates, and validation HR/NDCG with users weighte
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -203,3 +204,26 @@ def test_neighbours_are_not_chosen_where_the_towers_already_rank_the_next_items_
         rows, catalogue(20), task, ranking.RankerTrainConfig()
     )
     assert chosen["weight"] == 0 and matrix is None and chosen["tried"]
+
+
+def test_an_order_that_gains_overall_but_costs_users_with_history_is_worse():
+    """20 users with training history, 20 without (the MIN_GROUP of each): an order that finds
+    every cold user's item and loses one warm user's gains overall, and is still refused."""
+    n = 2 * ranking.MIN_GROUP
+    cand = np.tile(np.arange(3), (n, 1))
+    relevant = [{0}] * ranking.MIN_GROUP + [{2}] * ranking.MIN_GROUP  # warm want 0, cold want 2
+    history = [{9}] * ranking.MIN_GROUP + [set()] * ranking.MIN_GROUP
+    task = ranking.Served({}, {}, cand, torch.zeros(n, 3), relevant, history)
+    start = np.tile([3.0, 2.0, 1.0], (n, 1))  # item 0 first: every warm user finds theirs
+    moved = start.copy()
+    moved[ranking.MIN_GROUP :, 2] = 9.0  # every cold user's item first...
+    moved[0] = [1.0, 2.0, 3.0]  # ...and one warm user's item last
+    before, after = (
+        ranking.ordered_metrics(start, task, k=1),
+        ranking.ordered_metrics(moved, task, k=1),
+    )
+    assert after["recall@1"] > before["recall@1"] and after["ndcg@1"] > before["ndcg@1"]
+    assert after["cold recall@1"] == 1.0 and after["warm recall@1"] == pytest.approx(0.95)
+    assert not ranking.no_worse(after, before)
+    few = dataclasses.replace(task, history=[{9}] * (n - 1) + [set()])  # 1 cold user: no groups
+    assert set(ranking.ordered_metrics(moved, few, k=1)) == {"recall@1", "ndcg@1"}

@@ -181,9 +181,11 @@ def test_the_ranker_refits_on_training_and_validation_rows(world):
 
 
 def test_a_user_without_history_is_ranked_with_the_popularity_prior(world, monkeypatch):
+    import copy
     import dataclasses
 
     import numpy as np
+    import torch
 
     from retrieval import bundle, prior, store
     from retrieval.catalogue import read_meta
@@ -209,6 +211,13 @@ def test_a_user_without_history_is_ranked_with_the_popularity_prior(world, monke
     assert [it["item_id"] for it in cold.items] == unseen[:5]  # popularity's order at weight 1000
     assert cold.source == "personalized" and all(-1 <= it["retrieval_score"] <= 1
                                                   for it in cold.items)  # fmt: skip
+    first_stage = copy.deepcopy(served.ranker)  # ranks by its first-stage score alone
+    with torch.no_grad():
+        first_stage.out.weight.zero_()
+        first_stage.out.weight[0, -1] = 1.0
+    ranked = Pipeline(pipeline.store, dataclasses.replace(b, ranker=first_stage), pipeline.schema)
+    reranked = [it["item_id"] for it in ranked.recommend(user, 5).items]
+    assert reranked == unseen[:5]  # the ranker starts from the served order, the prior in it
 
 
 def test_the_ranker_adds_the_neighbours_of_the_users_whole_history_as_chosen(world):
