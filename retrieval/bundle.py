@@ -105,6 +105,9 @@ def load_ranker(version: Path, vocab: Vocab) -> tuple[Ranker | None, str | None]
     expected = (vocab.num_users, vocab.num_items, vocab.fields("user"), vocab.fields("item"))
     if (c.num_users, c.num_items, c.user_fields, c.item_fields) != expected:
         raise BundleError(f"version {version.name}: its ranker's inputs differ from the towers'")
+    if c.neighbour_items not in (0, len(vocab.items)):
+        spans = f"{c.neighbour_items:,} items, the catalogue {len(vocab.items):,}"
+        raise BundleError(f"version {version.name}: its ranker's neighbours span {spans}")
     return ranker.eval(), made["version"]
 
 

@@ -227,3 +227,27 @@ def test_an_order_that_gains_overall_but_costs_users_with_history_is_worse():
     assert not ranking.no_worse(after, before)
     few = dataclasses.replace(task, history=[{9}] * (n - 1) + [set()])  # 1 cold user: no groups
     assert set(ranking.ordered_metrics(moved, few, k=1)) == {"recall@1", "ndcg@1"}
+
+
+def test_a_ranker_whose_neighbours_span_another_catalogue_is_refused(tmp_path):
+    """A ranker is loaded only where its neighbour matrix spans the version's catalogue: a row
+    of it per catalogue row, or none."""
+    from retrieval import artifacts, bundle
+    from towers import nn as tnn
+
+    vocab = catalogue(20)
+    version = tmp_path / "v1"
+    for n, refused in ((0, False), (20, False), (5, True)):
+        folder = version / f"ranker-{n}"
+        config = RankerConfig(vocab.num_users, vocab.num_items, neighbour_items=n,
+                              neighbour_weight=0.5 * bool(n))  # fmt: skip
+        tnn.save(Ranker(config), folder, "ranker")
+        (folder / "manifest.json").write_text('{"retrieval_version": "v1", "version": "r"}')
+        artifacts.point(version, artifacts.RANKER, folder.name)
+        if refused:
+            with pytest.raises(
+                bundle.BundleError, match="neighbours span 5 items, the catalogue 20"
+            ):
+                bundle.load_ranker(version, vocab)
+        else:
+            assert bundle.load_ranker(version, vocab)[0].config.neighbour_items == n
