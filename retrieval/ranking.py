@@ -163,7 +163,8 @@ def negatives(
 class Served:
     """The served task on validation users: each user's top `cand.shape[1]` catalogue rows by the
     retrieval towers (training items left out; -1 where fewer remain), in retrieval order, with
-    their first-stage scores (`Ranker.first_stage`; the towers' cosines as built); `items` the
+    their first-stage scores (`Ranker.first_stage`; as built, the retrieval stage's served scores:
+    the cosine, with the prior for users without history); `items` the
     ranker's inputs of every catalogue row, `relevant[u]` the user's validation items,
     `history[u]` the catalogue rows the user had in training."""
 
@@ -175,7 +176,7 @@ class Served:
     history: list[set[int]]
 
     def first_stage(self, ranker: Ranker) -> Served:
-        """This task with the ranker's first-stage scores in place of the towers' cosines."""
+        """This task with the ranker's first-stage scores in place of the retrieval stage's."""
         if not ranker.config.neighbour_weight:
             return self
         scores = [ranker.first_stage(r, h, c) for r, h, c in
@@ -241,9 +242,9 @@ def choose_neighbours(
     progress: Progress | None = None,
 ) -> tuple[dict, np.ndarray | None]:  # fmt: skip
     """The neighbours' regularisation and weight (of NEIGHBOUR_LAMBDAS and NEIGHBOUR_WEIGHTS) whose
-    first-stage order of the served task `s` has the best NDCG@20 among those that lose neither
-    recall@20 nor NDCG@20 against the towers' order, fitted on `rows`; weight 0 (and no matrix)
-    where none gains or they are not offered. Returns the choice (with its reason and the
+    first-stage order of the served task `s` has the best NDCG@20 among those that lose no figure
+    of `ordered_metrics` against the retrieval stage's order, fitted on `rows`; weight 0 (and no
+    matrix) where none gains or they are not offered. Returns the choice (with its reason and the
     validation figures) and the matrix."""
     start = ordered_metrics(s.retrieval.numpy(), s)
     out = {"lambda": 0.0, "weight": 0.0, "retrieval_order": start}
@@ -253,9 +254,9 @@ def choose_neighbours(
         return {**out, "reason": why}, None
     best, tried = neighbour_grid(rows, vocab, s, start, progress)
     if best is None:
-        why = "no weight gained NDCG@20 on the validation users without losing recall@20"
+        why = "no weight gained NDCG@20 on the validation users without losing another figure"
         return {**out, "reason": why, "tried": tried}, None
-    why = f"the best validation NDCG@20 of {len(tried)} tried, losing no recall@20"
+    why = f"the best validation NDCG@20 of {len(tried)} tried, losing no other figure"
     chosen = {"lambda": best["lambda"], "weight": best["weight"], "validation": best["m"]}
     return {**out, **chosen, "reason": why, "tried": tried}, best["matrix"]
 
