@@ -84,9 +84,10 @@ class Ranker(nn.Module):
 
     def first_stage(self, retrieval: torch.Tensor, history: Collection[int],
                     items: np.ndarray) -> torch.Tensor:  # fmt: skip
-        """The score the ranker reads as `retrieval`: the towers' cosines `retrieval` of catalogue
-        rows `items` (same shape) for a user who had the rows in `history`, plus the neighbours'
-        score times its weight."""
+        """The score the ranker reads as `retrieval`: the retrieval stage's scores `retrieval` of
+        catalogue rows `items` (same shape; the cosine, with the popularity prior for a user
+        without history) for a user who had the rows in `history`, plus the neighbours' score
+        times its weight."""
         if not self.config.neighbour_weight:
             return retrieval
         added = neighbours.scores(self.neighbour_matrix.numpy(), history, items)
