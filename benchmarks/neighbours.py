@@ -59,8 +59,7 @@ def orders(task: Served, rows, vocab: Vocab) -> dict:
     users, items = rows["user_id"].to_numpy(), vocab.items.rows(rows["item_id"])
     for lam in NEIGHBOUR_LAMBDAS:
         matrix = neighbours.fit(users, items, len(vocab.items), lam)
-        added = np.stack([neighbours.scores(matrix, h, c) for h, c in
-                          zip(task.history, task.cand, strict=True)])  # fmt: skip
+        added = neighbours.scores_of(matrix, task.history, task.cand)
         out[f"neighbours alone, lambda {lam:g}"] = ordered_metrics(added, task)
         for weight in NEIGHBOUR_WEIGHTS:
             m = ordered_metrics(cosine + weight * added, task)

@@ -269,8 +269,7 @@ def neighbour_grid(rows: pd.DataFrame, vocab: Vocab, s: Served, start: dict[str,
     best, tried, top = None, [], start
     for lam in NEIGHBOUR_LAMBDAS:
         matrix = neighbours.fit(users, items, len(vocab.items), lam)
-        added = np.stack([neighbours.scores(matrix, h, c) for h, c in
-                          zip(s.history, s.cand, strict=True)])  # fmt: skip
+        added = neighbours.scores_of(matrix, s.history, s.cand)
         for weight in NEIGHBOUR_WEIGHTS:
             m = ordered_metrics(s.retrieval.numpy() + weight * added, s)
             tried.append({"lambda": lam, "weight": weight, **m})

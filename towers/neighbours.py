@@ -13,7 +13,7 @@ agree little: their blend, chosen on the validation users by `retrieval.ranking`
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import scipy.sparse as sp_sparse
@@ -53,3 +53,9 @@ def scores(matrix: np.ndarray, history: Collection[int], items: np.ndarray) -> n
     else:
         out = matrix[had].sum(axis=0)[wanted]
     return np.where(items.reshape(-1) >= 0, out, 0.0).astype(np.float32).reshape(items.shape)
+
+
+def scores_of(matrix: np.ndarray, histories: Sequence[Collection[int]],
+              cand: np.ndarray) -> np.ndarray:  # fmt: skip
+    """(U, C): `scores` of each user's candidates `cand[u]` given their rows `histories[u]`."""
+    return np.stack([scores(matrix, h, c) for h, c in zip(histories, cand, strict=True)])
