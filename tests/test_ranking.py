@@ -102,6 +102,31 @@ def test_an_epoch_is_no_worse_only_where_it_loses_neither_recall_nor_ndcg():
     assert not ranking.no_worse({"recall@20": 0.3, "ndcg@20": 0.29}, start)
 
 
+def test_an_order_replaces_another_only_where_its_gain_is_beyond_the_users_noise():
+    """Half the users find their item first under the new order, the rest gain nothing: the
+    paired differences (1, 1, 0, 0) lift NDCG@1 by 0.5 at a standard error of 0.289 (z 1.73),
+    refused; twice as many users, the same half, at 0.189 (z 2.65), kept."""
+
+    def judged(n: int) -> tuple[dict[str, float], dict[str, float]]:
+        cand = np.tile(np.arange(2), (n, 1))
+        task = ranking.Served({}, {}, cand, torch.zeros(n, 2), [{1}] * n, [set()] * n)
+        start = np.tile([1.0, 0.0], (n, 1))  # item 1 second: nobody finds theirs first
+        moved = start.copy()
+        moved[: n // 2] = [0.0, 1.0]
+        before = ranking.ordered_metrics(start, task, k=1)
+        return before, {**ranking.ordered_metrics(moved, task, k=1),
+                        "gain z": ranking.gain_z(moved, start, task, k=1)}  # fmt: skip
+
+    (before, four), (_, eight) = judged(4), judged(8)
+    assert four["gain z"] == pytest.approx(0.5 / math.sqrt(1 / 3 / 4))
+    assert eight["gain z"] == pytest.approx(0.5 / math.sqrt(2 / 7 / 8))
+    least = ranking.RankerTrainConfig().gain_z
+    assert ranking.no_worse(four, before) and not ranking.beats(four, before, least)
+    assert ranking.beats(eight, before, least)
+    task = ranking.Served({}, {}, np.zeros((3, 1), int), torch.zeros(3, 1), [{0}] * 3, [set()] * 3)
+    assert ranking.gain_z(np.ones((3, 1)), np.zeros((3, 1)), task) == 0.0  # the same order
+
+
 def test_the_ranker_keeps_the_retrieval_order_where_training_cannot_beat_it():
     """Retrieval puts each user's validation item first; the training labels are noise: no epoch
     can do better, so the ranker comes back as it started and serves the retrieval order."""

@@ -31,7 +31,9 @@ def world(tmp_path_factory):
         ["materialize"],
         ["train", "--epochs", "3", "--batch-size", "256", "--artifacts", str(root)],
         ["index", "--artifacts", str(root)],
-        ["train-ranker", "--epochs", "2", "--artifacts", str(root)],
+        # 300 users cannot vouch for the neighbours' gain by two standard errors (z 0.9 at the
+        # best weight): the tests serve what validation chose, so let it choose on the figures
+        ["train-ranker", "--epochs", "2", "--gain-z", "0", "--artifacts", str(root)],
     ]
     for step in steps:
         assert run([*step, *common]) == 0, step

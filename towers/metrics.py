@@ -68,10 +68,15 @@ def precision_at_k(top: list[list[int]], relevant: list[set[int]], k: int) -> fl
 
 def ndcg_at_k(top: list[list[int]], relevant: list[set[int]], k: int) -> float:
     """Binary-relevance NDCG@k; the ideal ranks min(|relevant|, k) relevant items first."""
+    return float(np.mean(ndcg_per_user(top, relevant, k)))
+
+
+def ndcg_per_user(top: list[list[int]], relevant: list[set[int]], k: int) -> np.ndarray:
+    """(U,) each user's binary-relevance NDCG@k (`ndcg_at_k` is their mean)."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     dcg = hits(top, relevant, k) @ discounts
     ideal = np.array([discounts[: min(len(rel), k)].sum() for rel in relevant])
-    return float(np.mean(dcg / ideal))
+    return dcg / ideal
 
 
 def f1_at_k(top: list[list[int]], relevant: list[set[int]], k: int) -> float:
