@@ -123,8 +123,13 @@ def test_an_order_replaces_another_only_where_its_gain_is_beyond_the_users_noise
     least = ranking.RankerTrainConfig().gain_z
     assert ranking.no_worse(four, before) and not ranking.beats(four, before, least)
     assert ranking.beats(eight, before, least)
-    task = ranking.Served({}, {}, np.zeros((3, 1), int), torch.zeros(3, 1), [{0}] * 3, [set()] * 3)
-    assert ranking.gain_z(np.ones((3, 1)), np.zeros((3, 1)), task) == 0.0  # the same order
+    task = ranking.Served({}, {}, np.tile(np.arange(2), (3, 1)), torch.zeros(3, 2), [{1}] * 3,
+                          [set()] * 3)  # fmt: skip
+    assert ranking.gain_z(np.ones((3, 2)), np.ones((3, 2)), task) == 0.0  # the same order
+    alike = ranking.gain_z(np.tile([0.0, 1.0], (3, 1)), np.tile([1.0, 0.0], (3, 1)), task, k=1)
+    assert 1e9 < alike < math.inf  # every user gains alike: beyond any noise, finite in JSON
+    one = dataclasses.replace(task, cand=task.cand[:1], relevant=[{1}], history=[set()])
+    assert ranking.gain_z(np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]]), one, k=1) == 0.0
 
 
 def test_the_ranker_keeps_the_retrieval_order_where_training_cannot_beat_it():
