@@ -202,11 +202,6 @@ def served_task(world: World, towers: Towers, sp: Split, depth: int) -> Served:
     return Served(v.users, items, cand, retrieval, v.relevant, v.seen)
 
 
-def served_metrics(ranker: Ranker, s: Served, k: int = K) -> dict[str, float]:
-    """Recall@k and NDCG@k of the served task's candidates re-ordered by `ranker`."""
-    return ordered_metrics(served_scores(ranker, s), s, k)
-
-
 def served_scores(ranker: Ranker, s: Served) -> np.ndarray:
     """(U, C) `ranker`'s scores of the served task's candidates."""
     n, c = s.cand.shape
@@ -247,14 +242,18 @@ def ordered(scores: np.ndarray, s: Served) -> list[list[int]]:
     return [row[row >= 0].tolist() for row in ranked]
 
 
+def user_ndcg(scores: np.ndarray, s: Served, k: int = K) -> np.ndarray:
+    """(U,) each user's NDCG@k of the served task's candidates ordered by `scores` (U, C)."""
+    return metrics.ndcg_per_user(ordered(scores, s), s.relevant, k)
+
+
 def gain_z(scores: np.ndarray, start: np.ndarray, s: Served, k: int = K) -> float:
-    """How far the order by `scores` lifts NDCG@k over the order by `start` on the served task, in
+    """How far the order by `scores` lifts NDCG@k over the order whose `user_ndcg` is `start`, in
     standard errors of the users' paired differences (0 for a single user, whose noise is unknown;
     the error floored at 1e-12, where every user gains alike, to stay finite in a manifest)."""
     if len(s.cand) < 2:
         return 0.0
-    diff = (metrics.ndcg_per_user(ordered(scores, s), s.relevant, k)
-            - metrics.ndcg_per_user(ordered(start, s), s.relevant, k))  # fmt: skip
+    diff = user_ndcg(scores, s, k) - start
     return float(diff.mean() / max(diff.std(ddof=1) / np.sqrt(len(diff)), 1e-12))
 
 
@@ -308,12 +307,13 @@ def neighbour_grid(
     `least` standard errors (None where none does), and each one's figures."""
     users, items = rows["user_id"].to_numpy(), vocab.items.rows(rows["item_id"])
     best, tried, top, cosine = None, [], start, s.retrieval.numpy()
+    base = user_ndcg(cosine, s)
     for lam in NEIGHBOUR_LAMBDAS:
         matrix = neighbours.fit(users, items, len(vocab.items), lam)
         added = neighbours.scores_of(matrix, s.history, s.cand)
         for weight in NEIGHBOUR_WEIGHTS:
             scores = cosine + weight * added
-            m = {**ordered_metrics(scores, s), "gain z": gain_z(scores, cosine, s)}
+            m = {**ordered_metrics(scores, s), "gain z": gain_z(scores, base, s)}
             tried.append({"lambda": lam, "weight": weight, **m})
             if beats(m, start, least) and m[f"ndcg@{K}"] > top[f"ndcg@{K}"]:
                 best, top = {"lambda": lam, "weight": weight, "m": m, "matrix": matrix}, m
@@ -364,7 +364,7 @@ def fit_ranker(
                   f"{abs(bias):.2f}")  # fmt: skip
     if validation is not None:
         first = served_scores(ranker, validation)
-        start = ordered_metrics(first, validation)
+        start, base = ordered_metrics(first, validation), user_ndcg(first, validation)
         history.append({"epoch": 0, **start})
         say(progress, f"epoch 0 (the first-stage order): {_shown(start)}")
         best = {"epoch": 0, "m": start, "state": copy.deepcopy(ranker.state_dict())}
@@ -377,7 +377,7 @@ def fit_ranker(
                           "examples/s")  # fmt: skip
             continue
         scores = served_scores(ranker, validation)
-        m = {**ordered_metrics(scores, validation), "gain z": gain_z(scores, first, validation)}
+        m = {**ordered_metrics(scores, validation), "gain z": gain_z(scores, base, validation)}
         history.append({"epoch": epoch + 1, **step, **m})
         say(progress, f"{task}: loss {step['loss']:.4f}, {_shown(m)}, "
                       f"{step['examples_per_s']:,.0f} examples/s")  # fmt: skip

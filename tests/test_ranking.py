@@ -86,11 +86,17 @@ def served(relevant: list[set[int]]) -> ranking.Served:
     )  # fmt: skip
 
 
-def test_served_metrics_rank_the_candidates_in_the_rankers_order():
+def test_served_scores_rank_the_candidates_in_the_rankers_order():
     task = served([{2}, {4}])
-    assert ranking.served_metrics(ByRetrieval(), task, k=1) == {"recall@1": 0.0, "ndcg@1": 0.0}
-    assert ranking.served_metrics(ByItem(), task, k=1) == {"recall@1": 1.0, "ndcg@1": 1.0}
-    by_retrieval = ranking.served_metrics(ByRetrieval(), task, k=2)
+    assert ranking.ordered_metrics(ranking.served_scores(ByRetrieval(), task), task, k=1) == {
+        "recall@1": 0.0,
+        "ndcg@1": 0.0,
+    }
+    assert ranking.ordered_metrics(ranking.served_scores(ByItem(), task), task, k=1) == {
+        "recall@1": 1.0,
+        "ndcg@1": 1.0,
+    }
+    by_retrieval = ranking.ordered_metrics(ranking.served_scores(ByRetrieval(), task), task, k=2)
     assert by_retrieval["recall@2"] == pytest.approx(0.5)  # user 2 finds item 4 second
     assert by_retrieval["ndcg@2"] == pytest.approx(0.5 / math.log2(3))
 
@@ -113,9 +119,12 @@ def test_an_order_replaces_another_only_where_its_gain_is_beyond_the_users_noise
         start = np.tile([1.0, 0.0], (n, 1))  # item 1 second: nobody finds theirs first
         moved = start.copy()
         moved[: n // 2] = [0.0, 1.0]
-        before = ranking.ordered_metrics(start, task, k=1)
+        before, base = (
+            ranking.ordered_metrics(start, task, k=1),
+            ranking.user_ndcg(start, task, k=1),
+        )
         return before, {**ranking.ordered_metrics(moved, task, k=1),
-                        "gain z": ranking.gain_z(moved, start, task, k=1)}  # fmt: skip
+                        "gain z": ranking.gain_z(moved, base, task, k=1)}  # fmt: skip
 
     (before, four), (_, eight) = judged(4), judged(8)
     assert four["gain z"] == pytest.approx(0.5 / math.sqrt(1 / 3 / 4))
@@ -125,11 +134,18 @@ def test_an_order_replaces_another_only_where_its_gain_is_beyond_the_users_noise
     assert ranking.beats(eight, before, least)
     task = ranking.Served({}, {}, np.tile(np.arange(2), (3, 1)), torch.zeros(3, 2), [{1}] * 3,
                           [set()] * 3)  # fmt: skip
-    assert ranking.gain_z(np.ones((3, 2)), np.ones((3, 2)), task) == 0.0  # the same order
-    alike = ranking.gain_z(np.tile([0.0, 1.0], (3, 1)), np.tile([1.0, 0.0], (3, 1)), task, k=1)
+    assert (
+        ranking.gain_z(np.ones((3, 2)), ranking.user_ndcg(np.ones((3, 2)), task), task) == 0.0
+    )  # the same order
+    alike = ranking.gain_z(
+        np.tile([0.0, 1.0], (3, 1)),
+        ranking.user_ndcg(np.tile([1.0, 0.0], (3, 1)), task, k=1),
+        task,
+        k=1,
+    )
     assert 1e9 < alike < math.inf  # every user gains alike: beyond any noise, finite in JSON
     one = dataclasses.replace(task, cand=task.cand[:1], relevant=[{1}], history=[set()])
-    assert ranking.gain_z(np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]]), one, k=1) == 0.0
+    assert ranking.gain_z(np.array([[0.0, 1.0]]), np.zeros(1), one, k=1) == 0.0
 
 
 def test_the_ranker_keeps_the_retrieval_order_where_training_cannot_beat_it():
@@ -154,7 +170,10 @@ def test_the_ranker_keeps_the_retrieval_order_where_training_cannot_beat_it():
     cfg = ranking.RankerTrainConfig(epochs=3, batch_size=64, lr=0.05, patience=3)
     result = ranking.fit_ranker(ranker, data, task, cfg)
     assert result["best_epoch"] == 0 and len(result["history"]) == 4
-    assert ranking.served_metrics(ranker, task) == {"recall@20": 1.0, "ndcg@20": 1.0}
+    assert ranking.ordered_metrics(ranking.served_scores(ranker, task), task) == {
+        "recall@20": 1.0,
+        "ndcg@20": 1.0,
+    }
 
 
 def test_neighbours_are_the_closed_form_ridge_regression_of_each_item_on_the_others():
